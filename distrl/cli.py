@@ -1,0 +1,53 @@
+"""The `distrl` command line. Each component contributes its own commands."""
+
+from __future__ import annotations
+
+import typer
+
+from distrl import __version__
+
+app = typer.Typer(
+    name="distrl",
+    help="Distributed actor-learner reinforcement learning for robot control.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+serve_app = typer.Typer(help="Run one component as a long-lived server.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"distrl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True),
+) -> None:
+    """Distributed actor-learner reinforcement learning for robot control."""
+
+
+def _register() -> None:
+    # Component modules keep their heavy imports inside the command bodies, so
+    # `distrl --help` stays fast.
+    from distrl.params import cli as params_cli
+    from distrl.replay import cli as replay_cli
+
+    serve_app.command("replay")(replay_cli.serve_replay)
+    serve_app.command("params")(params_cli.serve_params)
+    app.add_typer(replay_cli.app, name="replay")
+    app.add_typer(params_cli.app, name="params")
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Command-line options shared by every server and client command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distrl.wire.security import KeepaliveConfig, SecurityConfig
+
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", envvar="DISTRL_TOKEN", help="bearer token (env DISTRL_TOKEN)")
+]
+TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="file holding the bearer token")]
+TlsCertOpt = Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate (server, or client for mTLS)")]
+TlsKeyOpt = Annotated[Path | None, typer.Option("--tls-key", help="PEM private key for --tls-cert")]
+TlsClientCaOpt = Annotated[
+    Path | None, typer.Option("--tls-client-ca", help="server: require client certificates signed by this CA")
+]
+TlsCaOpt = Annotated[Path | None, typer.Option("--tls-ca", help="client: CA that signed the server certificate")]
+KeepaliveOpt = Annotated[float, typer.Option("--keepalive-s", help="HTTP/2 keepalive ping interval")]
+KeepaliveTimeoutOpt = Annotated[float, typer.Option("--keepalive-timeout-s", help="keepalive ping timeout")]
+HostOpt = Annotated[str, typer.Option("--host", help="interface to bind (0.0.0.0 for all)")]
+PortOpt = Annotated[int, typer.Option("--port", help="port to listen on; 0 picks a free one")]
+
+
+def security_from_options(
+    token: str | None = None,
+    token_file: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_client_ca: Path | None = None,
+    tls_ca: Path | None = None,
+) -> SecurityConfig:
+    try:
+        return SecurityConfig(
+            token=token,
+            token_file=token_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+            tls_ca=tls_ca,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def keepalive_from_options(time_s: float, timeout_s: float) -> KeepaliveConfig:
+    return KeepaliveConfig(time_s=time_s, timeout_s=timeout_s)

@@ -62,7 +62,9 @@ def main() -> int:
         cmp = filecmp.dircmp(fresh, OUT, ignore=["__pycache__"])
         stale = cmp.left_only + cmp.right_only + cmp.diff_files
         if stale:
-            print("gRPC stubs are out of date; run `make proto`: " + ", ".join(sorted(stale)), file=sys.stderr)
+            print(
+                "gRPC stubs are out of date; run `make proto`: " + ", ".join(sorted(stale)), file=sys.stderr
+            )
             return 1
     print("gRPC stubs are up to date")
     return 0

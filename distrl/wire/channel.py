@@ -22,7 +22,11 @@ class _TokenMetadata(
 
     def _details(self, details):
         metadata = [*(details.metadata or ()), self._pair]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+        return (
+            details._replace(metadata=metadata)
+            if hasattr(details, "_replace")
+            else _Details(details, metadata)
+        )
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)

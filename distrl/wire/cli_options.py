@@ -13,12 +13,16 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", envvar="DISTRL_TOKEN", help="bearer token (env DISTRL_TOKEN)")
 ]
 TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="file holding the bearer token")]
-TlsCertOpt = Annotated[Path | None, typer.Option("--tls-cert", help="PEM certificate (server, or client for mTLS)")]
+TlsCertOpt = Annotated[
+    Path | None, typer.Option("--tls-cert", help="PEM certificate (server, or client for mTLS)")
+]
 TlsKeyOpt = Annotated[Path | None, typer.Option("--tls-key", help="PEM private key for --tls-cert")]
 TlsClientCaOpt = Annotated[
     Path | None, typer.Option("--tls-client-ca", help="server: require client certificates signed by this CA")
 ]
-TlsCaOpt = Annotated[Path | None, typer.Option("--tls-ca", help="client: CA that signed the server certificate")]
+TlsCaOpt = Annotated[
+    Path | None, typer.Option("--tls-ca", help="client: CA that signed the server certificate")
+]
 KeepaliveOpt = Annotated[float, typer.Option("--keepalive-s", help="HTTP/2 keepalive ping interval")]
 KeepaliveTimeoutOpt = Annotated[float, typer.Option("--keepalive-timeout-s", help="keepalive ping timeout")]
 HostOpt = Annotated[str, typer.Option("--host", help="interface to bind (0.0.0.0 for all)")]

@@ -32,7 +32,9 @@ class SecurityConfig(BaseModel):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     tls_ca: Path | None = None
-    tls_server_name: str | None = Field(None, description="override the name checked in the server certificate")
+    tls_server_name: str | None = Field(
+        None, description="override the name checked in the server certificate"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SecurityConfig:

@@ -1,0 +1,1 @@
+"""Datasets in Zarr: demonstrations and replay checkpoints share one layout."""

@@ -1,0 +1,130 @@
+"""Samplers: which stored items a sample draws. Each sees only slots and priorities.
+
+Both follow one small interface (insert / update / delete / sample), so a table
+is a composition, not a subclass.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Sampler(Protocol):
+    name: str
+
+    def insert(self, slots: np.ndarray) -> None: ...
+    def update(self, slots: np.ndarray, priorities: np.ndarray) -> None: ...
+    def delete(self, slots: np.ndarray) -> None: ...
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]: ...
+    def priorities(self, slots: np.ndarray) -> np.ndarray: ...
+
+
+class UniformSampler:
+    """Every stored item equally likely."""
+
+    name = "uniform"
+
+    def __init__(self, capacity: int) -> None:
+        self._occupied = np.zeros(capacity, dtype=bool)
+        self._count = 0
+        self._high = 0  # one past the highest occupied slot ever
+
+    def insert(self, slots: np.ndarray) -> None:
+        self._occupied[slots] = True
+        self._count = int(self._occupied.sum()) if len(slots) > 4096 else self._count + len(slots)
+        if len(slots):
+            self._high = max(self._high, int(slots.max()) + 1)
+
+    def update(self, slots: np.ndarray, priorities: np.ndarray) -> None:
+        pass
+
+    def delete(self, slots: np.ndarray) -> None:
+        self._occupied[slots] = False
+        self._count -= len(slots)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if self._count == self._high:  # the ring's usual case: slots 0..high-1 all occupied
+            slots = rng.integers(0, self._high, size=n)
+        else:
+            slots = rng.choice(np.flatnonzero(self._occupied), size=n)
+        return slots, np.full(n, 1.0 / self._count)
+
+    def priorities(self, slots: np.ndarray) -> np.ndarray:
+        return np.ones(len(slots))
+
+
+class SumTree:
+    """A binary tree whose internal nodes hold the sum of their leaves; vectorised updates and search."""
+
+    def __init__(self, capacity: int) -> None:
+        self._leaves = 1 << max(0, int(capacity - 1).bit_length())
+        self._tree = np.zeros(2 * self._leaves, dtype=np.float64)
+        self._depth = self._leaves.bit_length() - 1
+
+    @property
+    def total(self) -> float:
+        return float(self._tree[1])
+
+    def values(self, slots: np.ndarray) -> np.ndarray:
+        return self._tree[slots + self._leaves]
+
+    def set(self, slots: np.ndarray, values: np.ndarray) -> None:
+        nodes = np.unique(slots + self._leaves)
+        self._tree[slots + self._leaves] = values
+        for _ in range(self._depth):
+            nodes = np.unique(nodes >> 1)
+            self._tree[nodes] = self._tree[2 * nodes] + self._tree[2 * nodes + 1]
+
+    def find(self, targets: np.ndarray) -> np.ndarray:
+        """Leaf index whose prefix-sum interval holds each target in [0, total)."""
+        nodes = np.ones(len(targets), dtype=np.int64)
+        targets = targets.copy()
+        for _ in range(self._depth):
+            left = 2 * nodes
+            left_sum = self._tree[left]
+            # Rounding may leave a target past the left sum with an empty right subtree.
+            go_right = (targets >= left_sum) & (self._tree[left + 1] > 0)
+            targets -= np.where(go_right, left_sum, 0.0)
+            nodes = left + go_right
+        return nodes - self._leaves
+
+
+class PrioritizedSampler:
+    """P(i) = p_i^alpha / sum_j p_j^alpha; new items get the highest priority seen so far."""
+
+    name = "prioritized"
+
+    def __init__(self, capacity: int, priority_exponent: float) -> None:
+        self.alpha = priority_exponent
+        self._tree = SumTree(capacity)
+        self._raw = np.zeros(capacity, dtype=np.float64)
+        self.max_priority = 1.0
+
+    def insert(self, slots: np.ndarray) -> None:
+        self._raw[slots] = self.max_priority
+        self._tree.set(slots, np.full(len(slots), self.max_priority**self.alpha))
+
+    def update(self, slots: np.ndarray, priorities: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        self._raw[slots] = priorities
+        self._tree.set(slots, priorities**self.alpha)
+        self.max_priority = max(self.max_priority, float(priorities.max()))
+
+    def delete(self, slots: np.ndarray) -> None:
+        self._raw[slots] = 0.0
+        self._tree.set(slots, np.zeros(len(slots)))
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        total = self._tree.total
+        if total <= 0.0:
+            raise ValueError("all stored items have priority 0")
+        # Stratified: one draw per equal slice of the total mass.
+        targets = (np.arange(n) + rng.random(n)) * (total / n)
+        slots = self._tree.find(np.minimum(targets, np.nextafter(total, 0.0)))
+        return slots, self._tree.values(slots) / total
+
+    def priorities(self, slots: np.ndarray) -> np.ndarray:
+        return self._raw[slots]

@@ -1,0 +1,105 @@
+"""A table's spec: the fields of a transition, their dtypes and per-item shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distrl.replay.config import FieldSpecConfig
+
+# Stored beside every item by the table itself; batches may not use these names.
+RESERVED_FIELDS = frozenset({"policy_version", "keys", "probabilities", "weights"})
+
+
+class BatchRejected(ValueError):
+    """A batch (or priority update) that does not match the table; names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"field {field!r}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.dtype}{list(self.shape)}"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    fields: dict[str, FieldSpec]
+
+    @classmethod
+    def from_config(cls, spec: dict[str, FieldSpecConfig]) -> TableSpec:
+        fields = {}
+        for name, cfg in spec.items():
+            try:
+                dtype = np.dtype(cfg.dtype)
+            except TypeError:
+                raise ValueError(f"spec.{name}.dtype: unknown dtype {cfg.dtype!r}") from None
+            fields[name] = FieldSpec(name, dtype, tuple(int(s) for s in cfg.shape))
+        _check_names(fields)
+        return cls(fields)
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, np.ndarray]) -> TableSpec:
+        if not batch:
+            raise BatchRejected("<fields>", "a batch needs at least one field")
+        fields = {
+            name: FieldSpec(name, arr.dtype.newbyteorder("="), tuple(arr.shape[1:]))
+            for name, arr in batch.items()
+        }
+        for name, arr in batch.items():
+            if arr.ndim == 0:
+                raise BatchRejected(name, "needs a leading batch dimension, got a scalar")
+        _check_names(fields)
+        return cls(fields)
+
+    def to_config(self) -> dict[str, dict]:
+        return {n: {"dtype": str(f.dtype), "shape": list(f.shape)} for n, f in self.fields.items()}
+
+    def validate(self, batch: dict[str, np.ndarray]) -> int:
+        """Check a batch against the spec; returns its number of items or raises BatchRejected."""
+        missing = sorted(set(self.fields) - set(batch))
+        if missing:
+            raise BatchRejected(
+                missing[0], f"missing (batch has {sorted(batch)}, table expects {sorted(self.fields)})"
+            )
+        extra = sorted(set(batch) - set(self.fields))
+        if extra:
+            raise BatchRejected(extra[0], f"not in the table spec (table expects {sorted(self.fields)})")
+        n = None
+        for name, spec in self.fields.items():
+            arr = batch[name]
+            if arr.dtype.newbyteorder("=") != spec.dtype:
+                raise BatchRejected(name, f"dtype {arr.dtype} does not match the table's {spec.dtype}")
+            if arr.ndim == 0 or tuple(arr.shape[1:]) != spec.shape:
+                raise BatchRejected(
+                    name, f"per-item shape {tuple(arr.shape[1:])} does not match the table's {spec.shape}"
+                )
+            if n is None:
+                n = arr.shape[0]
+            elif arr.shape[0] != n:
+                raise BatchRejected(name, f"has {arr.shape[0]} items while other fields have {n}")
+            if spec.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+                raise BatchRejected(name, f"{bad} non-finite value(s) (NaN or inf)")
+        if not n:
+            raise BatchRejected(next(iter(self.fields)), "batch is empty")
+        return int(n)
+
+
+def _check_names(fields: dict[str, FieldSpec]) -> None:
+    reserved = sorted(set(fields) & RESERVED_FIELDS)
+    if reserved:
+        raise BatchRejected(reserved[0], "is a reserved name (stored by the table itself)")
+    for name, spec in fields.items():
+        if not name or name.startswith("/") or name.endswith("/"):
+            raise BatchRejected(name, "invalid field name")
+        if spec.dtype.kind not in "fiub":
+            raise BatchRejected(name, f"dtype {spec.dtype} is not storable")

@@ -1,0 +1,378 @@
+"""A replay table: ring storage x sampler x FIFO remover x rate limiter, behind one lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distrl.replay.config import TableConfig
+from distrl.replay.rate_limiter import RateLimiter
+from distrl.replay.samplers import PrioritizedSampler, Sampler, UniformSampler
+from distrl.replay.spec import BatchRejected, TableSpec
+from distrl.replay.storage import FifoRemover, RingStorage
+
+# How often a waiting call re-checks whether its caller went away.
+_POLL_S = 0.2
+
+
+class RateLimiterTimeout(TimeoutError):
+    """An insert or sample waited longer than its timeout for the other side."""
+
+
+class TableClosed(RuntimeError):
+    """The table is shutting down."""
+
+
+@dataclass
+class InsertResult:
+    stored: bool
+    table_size: int
+
+
+@dataclass
+class SampledBatch:
+    keys: np.ndarray
+    probabilities: np.ndarray
+    # Unnormalised importance weights (N P(i))^-beta; ones for uniform sampling.
+    weights: np.ndarray
+    policy_version: np.ndarray
+    fields: dict[str, np.ndarray]
+    table_size: int
+
+
+@dataclass
+class TableStats:
+    name: str
+    size: int
+    capacity: int
+    inserts: int
+    samples: int
+    inserted_batches: int
+    duplicate_batches: int
+    rejected_batches: int
+    samples_per_insert: float
+    insert_wait_s: float
+    sample_wait_s: float
+    sampler: str
+    spec: TableSpec | None
+    target_samples_per_insert: float | None
+    min_size_to_sample: int
+
+
+@dataclass
+class TableSnapshot:
+    """Everything a table holds, items oldest first; what a checkpoint stores."""
+
+    config: TableConfig
+    spec: TableSpec | None
+    fields: dict[str, np.ndarray]
+    keys: np.ndarray
+    policy_version: np.ndarray
+    priorities: np.ndarray
+    next_key: int
+    counters: dict[str, float]
+    last_sequence: dict[str, int]
+    max_priority: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+class Table:
+    def __init__(self, config: TableConfig, seed: int | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self._rng = np.random.default_rng(seed)
+        self._cond = threading.Condition(threading.Lock())
+        self._limiter = RateLimiter(
+            config.samples_per_insert, config.min_size_to_sample, config.resolved_error_buffer
+        )
+        self._remover = FifoRemover()
+        self._sampler: Sampler = (
+            PrioritizedSampler(config.capacity, config.priority_exponent)
+            if config.sampler == "prioritized"
+            else UniformSampler(config.capacity)
+        )
+        self._storage: RingStorage | None = None
+        self._spec: TableSpec | None = None
+        if config.spec is not None:
+            self._set_spec(TableSpec.from_config(config.spec))
+        self._last_sequence: dict[str, int] = {}
+        self._inserted_batches = 0
+        self._duplicate_batches = 0
+        self._rejected_batches = 0
+        self._insert_wait_s = 0.0
+        self._sample_wait_s = 0.0
+        self._closed = False
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def spec(self) -> TableSpec | None:
+        return self._spec
+
+    def __len__(self) -> int:
+        return 0 if self._storage is None else self._storage.size
+
+    def insert(
+        self,
+        fields: dict[str, np.ndarray],
+        *,
+        actor_id: str,
+        sequence: int,
+        policy_version: int = 0,
+        timeout: float | None = None,
+        is_active: Callable[[], bool] | None = None,
+    ) -> InsertResult:
+        """Store a batch unless it is a resend; waits while the rate limiter holds inserts back.
+
+        Raises BatchRejected (nothing stored), RateLimiterTimeout or TableClosed.
+        """
+        spec = self._spec
+        try:
+            candidate = spec if spec is not None else TableSpec.from_batch(fields)
+            n = candidate.validate(fields)
+        except BatchRejected:
+            with self._cond:
+                self._rejected_batches += 1
+            raise
+        with self._cond:
+            if self._spec is None:
+                self._set_spec(candidate)
+            elif candidate is not self._spec:
+                try:  # another batch fixed the spec while this one was validated
+                    self._spec.validate(fields)
+                except BatchRejected:
+                    self._rejected_batches += 1
+                    raise
+            if sequence <= self._last_sequence.get(actor_id, -1):
+                self._duplicate_batches += 1
+                return InsertResult(stored=False, table_size=len(self))
+            self._insert_wait_s += self._wait(
+                lambda: self._limiter.can_insert(len(self)), timeout, is_active, "insert"
+            )
+            if sequence <= self._last_sequence.get(actor_id, -1):  # a resend raced us while we waited
+                self._duplicate_batches += 1
+                return InsertResult(stored=False, table_size=len(self))
+            self._store(fields, n, policy_version)
+            self._last_sequence[actor_id] = sequence
+            self._inserted_batches += 1
+            self._cond.notify_all()
+            return InsertResult(stored=True, table_size=len(self))
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        timeout: float | None = None,
+        is_active: Callable[[], bool] | None = None,
+    ) -> SampledBatch:
+        """Draw `batch_size` items (with replacement); waits for min size and the rate limiter."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        with self._cond:
+            self._sample_wait_s += self._wait(
+                lambda: self._limiter.can_sample(len(self)), timeout, is_active, "sample"
+            )
+            storage = self._storage
+            assert storage is not None  # can_sample implies items
+            slots, probs = self._sampler.sample(batch_size, self._rng)
+            batch = SampledBatch(
+                keys=storage.keys[slots],
+                probabilities=probs,
+                weights=self._importance_weights(probs, storage.size),
+                policy_version=storage.policy_version[slots],
+                fields=storage.read(slots),
+                table_size=storage.size,
+            )
+            self._limiter.record_sample(batch_size)
+            self._cond.notify_all()
+            return batch
+
+    def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
+        """Set the priorities of items still stored; returns how many were."""
+        keys = np.asarray(keys)
+        priorities = np.asarray(priorities, dtype=np.float64)
+        if keys.ndim != 1 or priorities.shape != keys.shape:
+            raise BatchRejected("priorities", f"shape {priorities.shape} does not match keys {keys.shape}")
+        if keys.dtype.kind not in "iu":
+            raise BatchRejected("keys", f"must be integers, got {keys.dtype}")
+        if not np.isfinite(priorities).all() or (priorities < 0).any():
+            raise BatchRejected("priorities", "must be finite and non-negative")
+        with self._cond:
+            if self._storage is None:
+                return 0
+            keys = keys.astype(np.int64)
+            slots = keys % self._storage.capacity
+            live = self._storage.keys[slots] == keys
+            self._sampler.update(slots[live], priorities[live])
+            return int(live.sum())
+
+    def stats(self) -> TableStats:
+        with self._cond:
+            lim = self._limiter
+            return TableStats(
+                name=self.name,
+                size=len(self),
+                capacity=self.config.capacity,
+                inserts=lim.inserts,
+                samples=lim.samples,
+                inserted_batches=self._inserted_batches,
+                duplicate_batches=self._duplicate_batches,
+                rejected_batches=self._rejected_batches,
+                samples_per_insert=lim.samples / lim.inserts if lim.inserts else 0.0,
+                insert_wait_s=self._insert_wait_s,
+                sample_wait_s=self._sample_wait_s,
+                sampler=self._sampler.name,
+                spec=self._spec,
+                target_samples_per_insert=self.config.samples_per_insert,
+                min_size_to_sample=self.config.min_size_to_sample,
+            )
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- checkpointing ----------------------------------------------------------
+
+    def snapshot(self) -> TableSnapshot:
+        """A consistent copy of the table's contents and counters."""
+        with self._cond:
+            storage = self._storage
+            if storage is None:
+                slots = np.zeros(0, dtype=np.int64)
+                fields: dict[str, np.ndarray] = {}
+                keys = policy_version = np.zeros(0, dtype=np.int64)
+            else:
+                slots = storage.slots_oldest_first()
+                fields = storage.read(slots)
+                keys = storage.keys[slots]
+                policy_version = storage.policy_version[slots]
+            return TableSnapshot(
+                config=self.config,
+                spec=self._spec,
+                fields=fields,
+                keys=keys,
+                policy_version=policy_version,
+                priorities=self._sampler.priorities(slots).astype(np.float64),
+                next_key=0 if storage is None else storage.next_key,
+                counters={
+                    "inserts": self._limiter.inserts,
+                    "samples": self._limiter.samples,
+                    "inserted_batches": self._inserted_batches,
+                    "duplicate_batches": self._duplicate_batches,
+                    "rejected_batches": self._rejected_batches,
+                    "insert_wait_s": self._insert_wait_s,
+                    "sample_wait_s": self._sample_wait_s,
+                },
+                last_sequence=dict(self._last_sequence),
+                max_priority=getattr(self._sampler, "max_priority", 1.0),
+            )
+
+    @classmethod
+    def from_snapshot(cls, config: TableConfig, snap: TableSnapshot, seed: int | None = None) -> Table:
+        """Rebuild a table; items keep their keys, so outstanding priority updates still land."""
+        table = cls(config, seed)
+        if snap.spec is not None:
+            if table._spec is not None and table._spec != snap.spec:
+                raise ValueError(
+                    f"table {config.name!r}: checkpoint spec {snap.spec.to_config()} differs from the "
+                    f"configured spec {table._spec.to_config()}"
+                )
+            if table._spec is None:
+                table._set_spec(snap.spec)
+        keys = snap.keys
+        if len(keys) > config.capacity:  # restored into a smaller table: keep the newest
+            keep = slice(len(keys) - config.capacity, None)
+            keys = keys[keep]
+            snap = TableSnapshot(
+                **{
+                    **snap.__dict__,
+                    "fields": {k: v[keep] for k, v in snap.fields.items()},
+                    "keys": keys,
+                    "policy_version": snap.policy_version[keep],
+                    "priorities": snap.priorities[keep],
+                }
+            )
+        storage = table._storage
+        if storage is not None and len(keys):
+            slots = keys % config.capacity
+            for name, arr in storage.fields.items():
+                arr[slots] = snap.fields[name]
+            storage.keys[slots] = keys
+            storage.policy_version[slots] = snap.policy_version
+            storage.size = len(keys)
+            table._sampler.insert(slots)
+            if isinstance(table._sampler, PrioritizedSampler):
+                table._sampler.update(slots, snap.priorities)
+                table._sampler.max_priority = max(snap.max_priority, table._sampler.max_priority)
+        if storage is not None:
+            storage.next_key = snap.next_key
+        c = snap.counters
+        table._limiter.inserts = int(c.get("inserts", 0))
+        table._limiter.samples = int(c.get("samples", 0))
+        table._inserted_batches = int(c.get("inserted_batches", 0))
+        table._duplicate_batches = int(c.get("duplicate_batches", 0))
+        table._rejected_batches = int(c.get("rejected_batches", 0))
+        table._insert_wait_s = float(c.get("insert_wait_s", 0.0))
+        table._sample_wait_s = float(c.get("sample_wait_s", 0.0))
+        table._last_sequence = {k: int(v) for k, v in snap.last_sequence.items()}
+        return table
+
+    # -- internals --------------------------------------------------------------
+
+    def _set_spec(self, spec: TableSpec) -> None:
+        self._spec = spec
+        self._storage = RingStorage(spec, self.config.capacity)
+
+    def _store(self, fields: dict[str, np.ndarray], n: int, policy_version: int) -> None:
+        storage = self._storage
+        assert storage is not None
+        if n > storage.capacity:  # only the newest `capacity` items can be kept
+            fields = {k: v[n - storage.capacity :] for k, v in fields.items()}
+            n = storage.capacity
+        slots, evict = self._remover.select(storage, n)
+        if len(evict):
+            self._sampler.delete(evict)
+            storage.free(evict)
+        storage.write(slots, fields, policy_version)
+        self._sampler.insert(slots)
+        self._limiter.record_insert(n)
+
+    def _importance_weights(self, probs: np.ndarray, size: int) -> np.ndarray:
+        if self._sampler.name == "uniform":
+            return np.ones(len(probs))
+        return (size * probs) ** (-self.config.importance_exponent)
+
+    def _wait(
+        self,
+        ready: Callable[[], bool],
+        timeout: float | None,
+        is_active: Callable[[], bool] | None,
+        side: str,
+    ) -> float:
+        """Wait (lock held, released while waiting) until `ready`; returns the seconds waited."""
+        if self._closed:
+            raise TableClosed(f"table {self.name!r} is shutting down")
+        if ready():
+            return 0.0
+        start = time.monotonic()
+        limit = self.config.max_wait_s if timeout is None else min(timeout, self.config.max_wait_s)
+        deadline = start + limit
+        while not ready():
+            if self._closed:
+                raise TableClosed(f"table {self.name!r} is shutting down")
+            if is_active is not None and not is_active():
+                raise TableClosed(f"the caller waiting to {side} on table {self.name!r} went away")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                other = "samples" if side == "insert" else "inserts"
+                raise RateLimiterTimeout(
+                    f"table {self.name!r}: {side} waited {limit:.1f}s for {other} "
+                    f"({self._limiter.describe(len(self))})"
+                )
+            self._cond.wait(min(remaining, _POLL_S))
+        return time.monotonic() - start

@@ -1,0 +1,1 @@
+"""Actors: step envs with the newest policy and stream transitions to replay."""

@@ -1,0 +1,85 @@
+"""`distrl serve actor` and `distrl serve evaluator`."""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="experiment config (YAML)", envvar="DISTRL_CONFIG")]
+ReplayOpt = Annotated[
+    str, typer.Option("--replay", help="comma-separated replay shard addresses", envvar="DISTRL_REPLAY")
+]
+ParamsOpt = Annotated[str, typer.Option("--params", help="parameter server address", envvar="DISTRL_PARAMS")]
+TelemetryOpt = Annotated[
+    str | None, typer.Option("--telemetry", help="coordinator address", envvar="DISTRL_TELEMETRY")
+]
+
+
+def _addresses(replay: str, params: str, telemetry: str | None):
+    from distrl.actors.actor import ActorAddresses
+
+    shards = [a.strip() for a in replay.split(",") if a.strip()]
+    if not shards:
+        raise typer.BadParameter("give at least one replay shard address", param_hint="--replay")
+    return ActorAddresses(replay=shards, params=params, telemetry=telemetry or None)
+
+
+def _index_from_env(index: int | None) -> int:
+    if index is not None:
+        return index
+    # Kubernetes: a StatefulSet pod's name ends in its ordinal; a Deployment's does not (hash it).
+    name = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else zlib.crc32(name.encode()) % 100_000
+
+
+def serve_actor(
+    config: ConfigOpt,
+    replay: ReplayOpt,
+    params: ParamsOpt,
+    telemetry: TelemetryOpt = None,
+    index: Annotated[
+        int | None, typer.Option("--index", help="actor index (default: from the pod name)")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="stop after this many env steps")
+    ] = None,
+) -> None:
+    """Step envs with the newest policy and stream transitions to the replay shards."""
+    from distrl.actors.actor import Actor
+    from distrl.config import load_config
+    from distrl.wire.lifecycle import stop_on_signals, watch_parent
+
+    cfg = load_config(config)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    watch_parent(stop)
+    actor = Actor(cfg, _index_from_env(index), _addresses(replay, params, telemetry))
+    typer.echo(
+        f"{actor.actor_id}: {cfg.env.id} x{cfg.actors.envs_per_actor}, replay {actor.addresses.replay}"
+    )
+    actor.run(stop, max_steps=max_steps)
+    typer.echo(f"{actor.actor_id}: stopped after {actor.steps} env steps")
+
+
+def serve_evaluator(
+    config: ConfigOpt,
+    replay: ReplayOpt,
+    params: ParamsOpt,
+    telemetry: TelemetryOpt = None,
+) -> None:
+    """Evaluate the deterministic policy every `eval.every_updates` learner updates."""
+    from distrl.actors.evaluator import Evaluator
+    from distrl.config import load_config
+    from distrl.wire.lifecycle import stop_on_signals, watch_parent
+
+    cfg = load_config(config)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    watch_parent(stop)
+    Evaluator(cfg, _addresses(replay, params, telemetry)).run(stop)

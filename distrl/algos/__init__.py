@@ -1,0 +1,127 @@
+"""Algorithms: pure PyTorch, no I/O. System code reaches them only through this registry.
+
+    spec = SpaceSpec(obs_dim=17, action_dim=6)
+    algo = make_algorithm("sac", spec, {"utd_ratio": 2}, device="auto")   # a learner's view
+    policy = make_policy("sac", spec, {})                                  # an actor's view (CPU)
+    policy.load_policy_state(algo.policy_state())
+
+Each algorithm registers a config model, a learner builder and a policy builder under its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from distrl.algos import sac
+from distrl.algos.base import (
+    BATCH_KEYS,
+    OPTIONAL_BATCH_KEYS,
+    Algorithm,
+    BatchError,
+    Policy,
+    SpaceSpec,
+    check_batch,
+    resolve_device,
+)
+
+
+class AlgorithmConfigError(ValueError):
+    """An algorithm name or config value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AlgorithmEntry:
+    """What an algorithm registers: its config model and how to build its learner and its policy."""
+
+    config_type: type[BaseModel]
+    make_learner: Callable[[SpaceSpec, Any, torch.device], Algorithm]
+    make_policy: Callable[[SpaceSpec, Any], Policy]
+
+
+_REGISTRY: dict[str, AlgorithmEntry] = {}
+
+
+def register_algorithm(name: str, entry: AlgorithmEntry) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"algorithm {name!r} is already registered")
+    _REGISTRY[name] = entry
+
+
+def available_algorithms() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> AlgorithmEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise AlgorithmConfigError(f"unknown algorithm {name!r}; known: {available_algorithms()}") from None
+
+
+def algorithm_config(name: str, raw: Mapping[str, Any] | BaseModel | None = None) -> BaseModel:
+    """Validate a config for algorithm `name`; an unknown key or a bad value raises AlgorithmConfigError."""
+    entry = _entry(name)
+    if isinstance(raw, entry.config_type):
+        return raw
+    if isinstance(raw, BaseModel):
+        raise AlgorithmConfigError(f"{name} needs a {entry.config_type.__name__}, got {type(raw).__name__}")
+    if raw is not None and not isinstance(raw, Mapping):
+        raise AlgorithmConfigError(f"{name} config must be a mapping, got {type(raw).__name__}")
+    try:
+        return entry.config_type.model_validate(dict(raw or {}))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(config)"
+            if error["type"] == "extra_forbidden":
+                known = ", ".join(entry.config_type.model_fields)
+                problems.append(f"unknown key {key!r} (known keys: {known})")
+            else:
+                problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+        raise AlgorithmConfigError(f"invalid {name} config: " + "; ".join(problems)) from None
+
+
+def make_algorithm(
+    name: str,
+    spec: SpaceSpec,
+    config: Mapping[str, Any] | BaseModel | None = None,
+    device: str | torch.device = "auto",
+) -> Algorithm:
+    """The learner side of algorithm `name`; `device="auto"` picks CUDA when available, else the CPU."""
+    entry = _entry(name)
+    return entry.make_learner(spec, algorithm_config(name, config), resolve_device(device))
+
+
+def make_policy(name: str, spec: SpaceSpec, config: Mapping[str, Any] | BaseModel | None = None) -> Policy:
+    """The actor side of algorithm `name`: a CPU inference policy, weights from `load_policy_state`."""
+    entry = _entry(name)
+    return entry.make_policy(spec, algorithm_config(name, config))
+
+
+register_algorithm(
+    "sac",
+    AlgorithmEntry(config_type=sac.SACConfig, make_learner=sac.make_learner, make_policy=sac.make_policy),
+)
+
+__all__ = [
+    "BATCH_KEYS",
+    "OPTIONAL_BATCH_KEYS",
+    "Algorithm",
+    "AlgorithmConfigError",
+    "AlgorithmEntry",
+    "BatchError",
+    "Policy",
+    "SpaceSpec",
+    "algorithm_config",
+    "available_algorithms",
+    "check_batch",
+    "make_algorithm",
+    "make_policy",
+    "register_algorithm",
+    "resolve_device",
+]

@@ -1,0 +1,499 @@
+"""The SAC update (Haarnoja et al. 2018, learned temperature) with RLPD's options (Ball et al. 2023).
+
+The loss functions come first and read like the paper; `SACLearner` wires them to optimizers.
+Per update call:
+
+    for each of utd_ratio critic minibatches (demo items appended to each):
+        y      = r + gamma (1 - terminated) (min_{k in K} Q'_k(s', a') - alpha log pi(a'|s')),  a' ~ pi(s')
+        L_Q    = sum_e mean_b w_b (Q_e(s, a) - y)^2                     -> critic step, Polyak targets
+    on the last minibatch (or all of them):
+        L_pi   = mean_b alpha log pi(a~|s) - reduce_e Q_e(s, a~),  a~ ~ pi(s)  -> actor step
+        L_alpha = -mean_b log_alpha (log pi(a~|s) + target_entropy)           (same step)
+
+Only `terminated` cuts the bootstrap: a time-limit truncation is not the end of the task, so the
+transition bootstraps from s' like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from distrl.algos.base import BatchError, SpaceSpec, check_batch
+from distrl.algos.sac.config import SACConfig
+from distrl.algos.sac.networks import Actor, CriticEnsemble
+
+# --------------------------------------------------------------------------------------------
+# Losses
+
+
+def soft_q_target(
+    actor: Actor,
+    target_critic: CriticEnsemble,
+    next_obs: torch.Tensor,
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    alpha: torch.Tensor,
+    members: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The soft Bellman backup y [B]; `discount` is gamma * (1 - terminated), `members` a target subset."""
+    next_action, next_log_prob = actor.sample(next_obs)
+    next_q = torch.amin(target_critic(next_obs, next_action, members=members), dim=0)
+    return reward + discount * (next_q - alpha * next_log_prob)
+
+
+def critic_loss(
+    critic: CriticEnsemble,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's (importance-weighted) mean squared TD error, summed over the ensemble; and Q [E, B].
+
+    Summing (CleanRL's qf1_loss + qf2_loss) keeps each member's gradient independent of E.
+    """
+    q = critic(obs, action)
+    squared_error = (q - target).square()
+    if weights is not None:
+        squared_error = squared_error * weights
+    return squared_error.mean(dim=-1).sum(), q
+
+
+def actor_loss(
+    actor: Actor, critic: CriticEnsemble, obs: torch.Tensor, alpha: torch.Tensor, reduce: str = "min"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[alpha log pi(a|s) - Q(s, a)], a ~ pi(s), against a fixed critic; returns (loss, log pi [B])."""
+    action, log_prob = actor.sample(obs)
+    q = critic(obs, action, detach_params=True)
+    q = torch.amin(q, dim=0) if reduce == "min" else q.mean(dim=0)
+    return (alpha * log_prob - q).mean(), log_prob
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """Raises alpha while the entropy (-log pi) is below target_entropy, lowers it above (SB3's form)."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def bc_loss(actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Negative log-likelihood of demonstrated actions under the tanh-Gaussian policy."""
+    return -actor.log_prob(obs, action, eps).mean()
+
+
+@torch.no_grad()
+def polyak_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float) -> None:
+    """target <- (1 - tau) target + tau online, as one fused foreach op over all tensors."""
+    torch._foreach_lerp_(list(target), list(online), tau)
+
+
+# --------------------------------------------------------------------------------------------
+# The learner
+
+
+@dataclass(frozen=True)
+class _Minibatch:
+    """One critic minibatch, already in the form the losses want."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    discount: torch.Tensor  # gamma * (1 - terminated)
+    weights: torch.Tensor | None
+    demo_mask: torch.Tensor | None  # 1.0 for demonstration items, for per-source metrics
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        """The step functions' positional arguments."""
+        return (
+            self.obs,
+            self.action,
+            self.reward,
+            self.next_obs,
+            self.discount,
+            self.weights,
+            self.demo_mask,
+        )
+
+
+CRITIC_METRICS = ("critic_loss", "q_mean", "q_std", "target_q_mean", "td_error")
+SOURCE_METRICS = ("q_mean/online", "q_mean/demo", "td_error/online", "td_error/demo")
+ACTOR_METRICS = ("actor_loss", "alpha_loss", "alpha", "entropy")
+BC_METRICS = ("bc_loss", "bc_action_mse", "entropy")
+
+
+class SACLearner:
+    """SAC's learner side: networks, target critics, temperature, optimizers and counters.
+
+    Implements `distrl.algos.base.Algorithm`. Batches must already be on `device`.
+    """
+
+    def __init__(
+        self,
+        spec: SpaceSpec,
+        config: SACConfig,
+        actor: Actor,
+        critic: CriticEnsemble,
+        device: torch.device,
+        make_policy: Callable[[], Any],
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.device = device
+        self.actor = actor.to(device)
+        self.critic = critic.to(device)
+        self.target_critic = CriticEnsemble(
+            spec.obs_dim, spec.action_dim, config.hidden_sizes, config.num_critics, config.critic_layernorm
+        ).to(device)
+        self.target_critic.load_state_dict(self.critic.state_dict())
+        self.target_critic.requires_grad_(False)
+        self.log_alpha = torch.nn.Parameter(
+            torch.tensor(math.log(config.initial_alpha), device=device), requires_grad=config.autotune_alpha
+        )
+        self.target_entropy = config.resolved_target_entropy(spec.action_dim)
+        self._make_policy = make_policy
+
+        optim_flags = _optimizer_flags(device, config)
+        self.critic_optimizer = torch.optim.Adam(
+            self.critic.parameters(), lr=config.critic_lr, eps=config.adam_eps, **optim_flags
+        )
+        # Actor and temperature share one optimizer (one fused step) with their own learning rates;
+        # their losses touch disjoint parameters, so one backward of the sum gives both gradients.
+        policy_groups: list[dict[str, Any]] = [
+            {"params": list(self.actor.parameters()), "lr": config.actor_lr}
+        ]
+        if config.autotune_alpha:
+            policy_groups.append({"params": [self.log_alpha], "lr": config.alpha_lr})
+        self.policy_optimizer = torch.optim.Adam(policy_groups, eps=config.adam_eps, **optim_flags)
+
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.target_critic.parameters())
+        self.num_updates = 0
+        self.num_critic_updates = 0
+        self.num_actor_updates = 0
+        self.extras: dict[str, torch.Tensor] = {}
+
+        # The CPU default runs the steps eagerly. `compile` wraps them in torch.compile; `cuda_graphs`
+        # then captures (compiled or eager) steps in CUDA graphs and replays them.
+        critic_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._critic_step
+        actor_step: Callable[[torch.Tensor], torch.Tensor] = self._actor_step
+        if config.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, but the algorithm runs on {device}")
+        if config.compile:
+            critic_step, actor_step = torch.compile(critic_step), torch.compile(actor_step)
+        if config.cuda_graphs:
+            critic_step, actor_step = _GraphedStep(critic_step), _GraphedStep(actor_step)
+        self._critic_step_fn = critic_step
+        self._actor_step_fn = actor_step
+
+    # ---- the steps (pure tensor functions: compile and CUDA-graph friendly, no host syncs)
+
+    def _members(self) -> torch.Tensor | None:
+        """A random subset of critic_subset target critics for this backup (RLPD), or None for all."""
+        if self.config.critic_subset == self.config.num_critics:
+            return None
+        return torch.rand(self.config.num_critics, device=self.device).topk(self.config.critic_subset).indices
+
+    def _critic_step(
+        self,
+        obs: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: torch.Tensor,
+        discount: torch.Tensor,
+        weights: torch.Tensor | None,
+        demo_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = self.log_alpha.detach().exp()
+        with torch.no_grad():
+            target = soft_q_target(
+                self.actor, self.target_critic, next_obs, reward, discount, alpha, self._members()
+            )
+        loss, q = critic_loss(self.critic, obs, action, target, weights)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+
+        with torch.no_grad():
+            td_error = (q - target).abs().mean(dim=0)
+            metrics = [loss, q.mean(), q.std(), target.mean(), td_error.mean()]
+            if demo_mask is not None:
+                q_item = q.mean(dim=0)
+                num_demo = demo_mask.sum()
+                num_online = (demo_mask.numel() - num_demo).clamp_min(1.0)
+                num_demo = num_demo.clamp_min(1.0)
+                q_demo, td_demo = (q_item * demo_mask).sum(), (td_error * demo_mask).sum()
+                metrics += [
+                    (q_item.sum() - q_demo) / num_online,
+                    q_demo / num_demo,
+                    (td_error.sum() - td_demo) / num_online,
+                    td_demo / num_demo,
+                ]
+            return torch.stack(metrics), td_error
+
+    def _actor_step(self, obs: torch.Tensor) -> torch.Tensor:
+        alpha = self.log_alpha.exp()
+        loss_pi, log_prob = actor_loss(self.actor, self.critic, obs, alpha.detach(), self.config.actor_q)
+        loss = loss_pi
+        if self.config.autotune_alpha:
+            loss_alpha = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+            loss = loss + loss_alpha
+        else:
+            loss_alpha = torch.zeros((), device=obs.device)
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.policy_optimizer.step()
+        with torch.no_grad():
+            return torch.stack([loss_pi, loss_alpha, alpha, -log_prob.mean()]).detach()
+
+    # ---- the public interface
+
+    def update(
+        self, batch: Mapping[str, torch.Tensor], demo_batch: Mapping[str, torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """utd_ratio critic steps and (every actor_update_interval calls) one actor/temperature step.
+
+        `batch` holds utd_ratio * B online items; `demo_batch`, when given, is split the same way and
+        appended to every minibatch. `extras["td_error"]` then holds |TD| per online item, in order.
+        """
+        minibatches, num_online = self._minibatches(batch, demo_batch)
+        critic_metrics: list[torch.Tensor] = []
+        td_errors: list[torch.Tensor] = []
+        with torch.enable_grad():
+            for minibatch in minibatches:
+                metrics, td_error = self._critic_step_fn(*minibatch.tensors())
+                critic_metrics.append(metrics)
+                td_errors.append(td_error[:num_online])
+                self.num_critic_updates += 1
+                if self.num_critic_updates % self.config.target_update_interval == 0:
+                    polyak_update(self._target_params, self._critic_params, self.config.tau)
+            self.num_updates += 1
+            actor_metrics = None
+            if self.num_updates % self.config.actor_update_interval == 0:
+                if self.config.actor_batch == "all" and len(minibatches) > 1:
+                    actor_obs = torch.cat([mb.obs for mb in minibatches])
+                else:
+                    actor_obs = minibatches[-1].obs
+                actor_metrics = self._actor_step_fn(actor_obs)
+                self.num_actor_updates += 1
+
+        self.extras = {"td_error": td_errors[0] if len(td_errors) == 1 else torch.cat(td_errors)}
+        # One device->host transfer for all metrics.
+        values = torch.cat([*critic_metrics, *([] if actor_metrics is None else [actor_metrics])]).tolist()
+        names = CRITIC_METRICS + (SOURCE_METRICS if minibatches[0].demo_mask is not None else ())
+        out = {
+            name: float(np.mean(values[i :: len(names)][: len(minibatches)])) for i, name in enumerate(names)
+        }
+        if actor_metrics is not None:
+            out.update(zip(ACTOR_METRICS, values[len(names) * len(minibatches) :], strict=True))
+        return out
+
+    def bc_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """-mean log pi(a_demo | s) over a batch with obs and action (differentiable w.r.t. the actor)."""
+        for key in ("obs", "action"):
+            if key not in batch:
+                raise BatchError(f"behaviour-cloning batch is missing {key!r}")
+        obs, action = batch["obs"], batch["action"]
+        if (
+            obs.dim() != 2
+            or obs.shape[1] != self.spec.obs_dim
+            or action.shape != (obs.shape[0], self.spec.action_dim)
+        ):
+            raise BatchError(
+                f"behaviour-cloning batch has obs {tuple(obs.shape)} and action {tuple(action.shape)}, "
+                f"expected [B, {self.spec.obs_dim}] and [B, {self.spec.action_dim}]"
+            )
+        return bc_loss(self.actor, obs, action, self.config.bc_action_eps)
+
+    def pretrain_bc(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """One behaviour-cloning step of the actor: maximise log pi(a_demo | s) (needs obs and action)."""
+        with torch.enable_grad():
+            loss = self.bc_loss(batch)
+            self.policy_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.policy_optimizer.step()
+        obs, action = batch["obs"], batch["action"]
+        with torch.no_grad():
+            action_mse = (self.actor.deterministic(obs) - action).square().mean()
+            entropy = -self.actor.sample(obs)[1].mean()
+            values = torch.stack([loss.detach(), action_mse, entropy]).tolist()
+        return dict(zip(BC_METRICS, values, strict=True))
+
+    def policy_state(self) -> dict[str, np.ndarray]:
+        """float32 numpy copies of the actor's weights (copies: the learner keeps updating in place)."""
+        return {
+            name: tensor.detach().to("cpu", torch.float32, copy=True).numpy()
+            for name, tensor in self.actor.state_dict().items()
+        }
+
+    def make_policy(self) -> Any:
+        policy = self._make_policy()
+        policy.load_policy_state(self.policy_state())
+        return policy
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "counters": {
+                "updates": self.num_updates,
+                "critic_updates": self.num_critic_updates,
+                "actor_updates": self.num_actor_updates,
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        expected = {"actor", "critic", "target_critic", "log_alpha", "critic_optimizer", "policy_optimizer"}
+        missing = sorted(expected - set(state))
+        if missing:
+            raise KeyError(f"SAC state is missing {missing}")
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        with torch.no_grad():
+            self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
+        # Optimizer.load_state_dict keeps same-device state tensors by reference: copy them, so a
+        # learner restored from another's live state_dict() never shares its Adam moments.
+        self.critic_optimizer.load_state_dict(copy.deepcopy(state["critic_optimizer"]))
+        self.policy_optimizer.load_state_dict(copy.deepcopy(state["policy_optimizer"]))
+        counters = state.get("counters", {})
+        self.num_updates = int(counters.get("updates", 0))
+        self.num_critic_updates = int(counters.get("critic_updates", 0))
+        self.num_actor_updates = int(counters.get("actor_updates", 0))
+        # Optimizer state tensors were replaced: captured CUDA graphs point at the old ones.
+        for step in (self._critic_step_fn, self._actor_step_fn):
+            if isinstance(step, _GraphedStep):
+                step.reset()
+
+    # ---- batch preparation
+
+    def _minibatches(
+        self, batch: Mapping[str, torch.Tensor], demo_batch: Mapping[str, torch.Tensor] | None
+    ) -> tuple[list[_Minibatch], int]:
+        """Split into utd_ratio minibatches, append the demo share to each; also returns the online size."""
+        utd = self.config.utd_ratio
+        size = check_batch(batch, self.spec, self.device, "batch")
+        if size % utd:
+            raise BatchError(f"batch size {size} is not divisible by utd_ratio {utd}")
+        online = _columns(batch, self.config.gamma, source_is_demo=False)
+        if demo_batch is None:
+            parts = [{key: _rows(col, i, size // utd) for key, col in online.items()} for i in range(utd)]
+            return [_Minibatch(**part) for part in parts], size // utd
+
+        demo_size = check_batch(demo_batch, self.spec, self.device, "demo_batch")
+        if demo_size % utd:
+            raise BatchError(f"demo_batch size {demo_size} is not divisible by utd_ratio {utd}")
+        demo = _columns(demo_batch, self.config.gamma, source_is_demo=True)
+        # Both sources need the same columns to concatenate: missing weights are 1, missing masks 0.
+        if (online["weights"] is None) != (demo["weights"] is None):
+            for columns, n in ((online, size), (demo, demo_size)):
+                if columns["weights"] is None:
+                    columns["weights"] = torch.ones(n, device=self.device)
+        if online["demo_mask"] is None:
+            online["demo_mask"] = torch.zeros(size, device=self.device)
+        minibatches = []
+        for i in range(utd):
+            part = {
+                key: None
+                if col is None
+                else torch.cat((_rows(col, i, size // utd), _rows(demo[key], i, demo_size // utd)))
+                for key, col in online.items()
+            }
+            minibatches.append(_Minibatch(**part))
+        return minibatches, size // utd
+
+
+def _columns(
+    batch: Mapping[str, torch.Tensor], gamma: float, source_is_demo: bool
+) -> dict[str, torch.Tensor | None]:
+    """The minibatch columns of one source; `discount` = gamma * (1 - terminated) (truncation never cuts)."""
+    terminated = batch["terminated"]
+    not_terminated = ~terminated if terminated.dtype == torch.bool else 1.0 - terminated
+    demo_mask = batch.get("is_demo")
+    if source_is_demo:
+        demo_mask = torch.ones_like(batch["reward"])
+    elif demo_mask is not None:
+        demo_mask = demo_mask.to(batch["reward"].dtype)
+    return {
+        "obs": batch["obs"],
+        "action": batch["action"],
+        "reward": batch["reward"],
+        "next_obs": batch["next_obs"],
+        "discount": gamma * not_terminated,
+        "weights": batch.get("weights"),
+        "demo_mask": demo_mask,
+    }
+
+
+def _rows(column: torch.Tensor | None, index: int, size: int) -> torch.Tensor | None:
+    """The index-th block of `size` rows (a view), or None for an absent column."""
+    return None if column is None else column[index * size : (index + 1) * size]
+
+
+def _optimizer_flags(device: torch.device, config: SACConfig) -> dict[str, bool]:
+    """One fused Adam kernel per parameter group; on CUDA, state that graphs and compile can capture."""
+    if device.type == "cuda" and (config.cuda_graphs or config.compile):
+        # torch.compile traces the foreach implementation; a bare CUDA graph captures the fused one.
+        return {"fused": not config.compile, "foreach": config.compile, "capturable": True}
+    return {"fused": True}
+
+
+@dataclass
+class _Capture:
+    calls: int = 0
+    graph: Any = None
+    static_inputs: tuple[torch.Tensor | None, ...] = ()
+    static_outputs: Any = None
+
+
+class _GraphedStep:
+    """Runs a step eagerly for `warmup` calls per input signature, then captures it in a CUDA graph.
+
+    Warm-up calls are real updates (they also create the optimizer state that capture must see).
+    Capturing records kernels without running them, so the capturing call replays once to do its
+    update. Inputs are copied into static buffers; outputs are cloned because the next replay
+    overwrites them.
+    """
+
+    def __init__(self, step: Callable[..., Any], warmup: int = 3) -> None:
+        self._step = step
+        self._warmup = warmup
+        self._captures: dict[tuple[Any, ...], _Capture] = {}
+
+    def reset(self) -> None:
+        self._captures.clear()
+
+    def __call__(self, *inputs: torch.Tensor | None) -> Any:
+        key = tuple(None if x is None else (tuple(x.shape), x.dtype) for x in inputs)
+        capture = self._captures.setdefault(key, _Capture())
+        if capture.graph is None and capture.calls < self._warmup:
+            capture.calls += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                outputs = self._step(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return outputs
+        if capture.graph is None:
+            capture.static_inputs = tuple(None if x is None else x.clone() for x in inputs)
+            capture.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(capture.graph):
+                capture.static_outputs = self._step(*capture.static_inputs)
+        for static, x in zip(capture.static_inputs, inputs, strict=True):
+            if static is not None:
+                static.copy_(x)
+        capture.graph.replay()
+        return (
+            tuple(out.clone() for out in capture.static_outputs)
+            if isinstance(capture.static_outputs, tuple)
+            else capture.static_outputs.clone()
+        )

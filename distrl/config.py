@@ -1,0 +1,197 @@
+"""The experiment config: one typed document per run, from YAML plus dotted overrides.
+
+`load_config("configs/sac_halfcheetah.yaml", ["learner.batch_size=512"])` reads
+the file, applies each override (the value parsed as YAML, so `true`, `3e-4`
+and `[256, 256]` mean what they say) and validates. A bad key or value fails
+here, naming its dotted path and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distrl.envs.config import EnvConfig
+from distrl.replay.config import TableConfig
+from distrl.wire.security import KeepaliveConfig, SecurityConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded; the message names every bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlgoConfig(_Strict):
+    """Which algorithm, and its hyperparameters (validated by the algorithm's own schema)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "sac"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _validate_params(self) -> AlgoConfig:
+        from distrl.algos import algorithm_config
+
+        algorithm_config(self.name, self.params())
+        return self
+
+
+class ActorsConfig(_Strict):
+    num_actors: int = Field(2, ge=1)
+    envs_per_actor: int = Field(1, ge=1, description="envs stepped in lock-step with one batched forward")
+    warmup_steps: int = Field(
+        5_000, ge=0, description="uniform random actions for this many env steps, in all"
+    )
+    insert_batch_size: int = Field(64, ge=1, description="transitions per batch sent to replay")
+    max_in_flight: int = Field(8, ge=1, description="unacked batches before an actor waits")
+    weight_sync: Literal["immediate", "episode"] = Field(
+        "immediate", description="swap in new weights as they arrive, or only at episode boundaries"
+    )
+    compression: Literal["none", "lz4", "zstd"] = "none"
+    restart_backoff_s: float = Field(
+        1.0, gt=0, description="first restart delay of a crashed actor (doubles)"
+    )
+    max_restarts: int = Field(20, ge=0)
+
+
+class ReplayConfig(_Strict):
+    num_shards: int = Field(1, ge=1)
+    table: TableConfig = Field(
+        default_factory=lambda: TableConfig(
+            capacity=1_000_000, samples_per_insert=256.0, error_buffer=25_600.0
+        )
+    )
+    prefetch: int = Field(4, ge=1, description="learner batches fetched ahead")
+    checkpoint_every_s: float | None = Field(600.0, gt=0)
+
+
+class LearnerConfig(_Strict):
+    batch_size: int = Field(256, ge=1)
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    publish_every: int = Field(10, ge=1, description="publish policy weights every N updates")
+    checkpoint_every: int = Field(10_000, ge=1, description="checkpoint every N updates")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_s: float = Field(2.0, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+
+class EvalConfig(_Strict):
+    enabled: bool = True
+    every_updates: int = Field(10_000, ge=1)
+    episodes: int = Field(10, ge=1)
+
+
+class WandbConfig(_Strict):
+    enabled: bool = False
+    project: str = "distrl"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline"] = Field(
+        "auto", description="auto: online when logged in, offline otherwise"
+    )
+
+
+class TelemetryConfig(_Strict):
+    console: bool = Field(True, description="live progress display")
+    report_every_s: float = Field(
+        1.0, gt=0, description="how often components report and metrics.jsonl grows"
+    )
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    prometheus_port: int | None = Field(None, ge=0, description="serve /metrics for Prometheus on this port")
+    dashboard_port: int | None = Field(None, ge=0, description="serve the live web dashboard on this port")
+
+
+class NetworkConfig(_Strict):
+    host: str = Field("127.0.0.1", description="interface every local component binds")
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    keepalive: KeepaliveConfig = Field(default_factory=KeepaliveConfig)
+
+
+class TrainConfig(_Strict):
+    total_env_steps: int = Field(1_000_000, ge=1)
+    max_updates: int | None = Field(None, ge=1, description="stop after this many learner updates")
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    env: EnvConfig
+    algo: AlgoConfig = Field(default_factory=AlgoConfig)
+    actors: ActorsConfig = Field(default_factory=ActorsConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `a.b.c=value` entries in a nested dict (values parsed as YAML)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected dotted.key=value")
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment config; raises ConfigError naming bad keys."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        raw = loaded or {}
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source=str(path) if path else "config")
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n{format_errors(exc)}") from None
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(
+            f"  {where}: {msg}"
+            + (
+                f" (got {err['input']!r})"
+                if err["type"] != "extra_forbidden" and not isinstance(err.get("input"), dict)
+                else ""
+            )
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Learners: replay batches in, algorithm updates, versioned weights out, checkpoints."""

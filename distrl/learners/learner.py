@@ -1,0 +1,226 @@
+"""The learner: prefetched replay batches in, algorithm updates, versioned weights out.
+
+What it owns: the algorithm (networks, optimizers) on CUDA when present, its
+checkpoints. What it sends: policy weights to the parameter server every
+`publish_every` updates (version = updates + 1, with the update count in the
+metadata), priority updates back to the shard owning each item, metrics to
+the coordinator. What it waits on: replay batches (the rate limiter holds
+them back when the learner runs ahead of the actors' data).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from distrl.actors.actor import UPDATES_KEY
+from distrl.algos import SpaceSpec, make_algorithm
+from distrl.config import ExperimentConfig
+from distrl.envs import env_spec, make_env
+from distrl.learners import checkpoint as ckpt
+from distrl.params import ParamsClient
+from distrl.replay.client import ReplayClient
+from distrl.telemetry import TelemetryReporter
+
+log = logging.getLogger(__name__)
+
+BATCH_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+PRIORITY_EPS = 1e-6
+
+
+class Learner:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        replay: list[str],
+        params: str | None,
+        telemetry: str | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.addresses = (replay, params, telemetry)
+        if config.learner.threads:
+            torch.set_num_threads(config.learner.threads)
+        probe = make_env(config.env)
+        spec = env_spec(probe)
+        probe.close()
+        self.space = SpaceSpec(spec.obs_dim, spec.action_dim)
+        self.algo = make_algorithm(config.algo.name, self.space, config.algo.params(), config.learner.device)
+        self.updates = 0
+        self.version = 0
+        self.resumed_from: Path | None = None
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        if latest is not None:
+            self._restore(latest)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        payload = {
+            "algo": self.algo.state_dict(),
+            "updates": self.updates,
+            "version": self.version,
+            "rng": ckpt.rng_state(),
+            "config": self.config.model_dump(mode="json"),
+            "algo_name": self.config.algo.name,
+            "space": [self.space.obs_dim, self.space.action_dim],
+        }
+        return ckpt.save_checkpoint(
+            self.checkpoint_dir, self.updates, payload, self.config.learner.keep_checkpoints
+        )
+
+    def _restore(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        self.algo.load_state_dict(state["algo"])
+        self.updates = int(state["updates"])
+        self.version = int(state["version"])
+        ckpt.set_rng_state(state["rng"])
+        self.resumed_from = path
+        log.info("resumed from %s at %d updates", path, self.updates)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, max_updates: int | None = None) -> None:
+        cfg = self.config
+        replay_addrs, params_addr, telemetry_addr = self.addresses
+        sec = cfg.network.security
+        replay = ReplayClient(
+            replay_addrs, table=cfg.replay.table.name, security=sec, prefetch=cfg.replay.prefetch
+        )
+        params = ParamsClient(params_addr, security=sec) if params_addr else None
+        reporter = TelemetryReporter(
+            telemetry_addr, source="learner/0", security=sec, interval_s=cfg.telemetry.report_every_s
+        )
+        utd = int(getattr(getattr(self.algo, "config", None), "utd_ratio", 1))
+        batch_items = cfg.learner.batch_size * utd
+        prioritized = cfg.replay.table.sampler == "prioritized"
+        limit = max_updates if max_updates is not None else cfg.train.max_updates
+        window = _Window()
+        try:
+            if params is not None:
+                self._publish(params, first=True)
+            while not stop.is_set() and (limit is None or self.updates < limit):
+                t0 = time.perf_counter()
+                try:
+                    batch = replay.sample(batch_items, timeout=0.5)
+                except TimeoutError:  # no data yet (warm-up, rate limiter): check for stop, wait on
+                    window.idle(time.perf_counter() - t0)
+                    continue
+                t1 = time.perf_counter()
+                tensors = self._to_device(batch)
+                metrics = self.algo.update(tensors)
+                self.updates += 1
+                if prioritized and "td_error" in getattr(self.algo, "extras", {}):
+                    td = self.algo.extras["td_error"].detach().abs().float().cpu().numpy()
+                    replay.update_priorities(batch.shard, batch.keys, td + PRIORITY_EPS)
+                staleness = self.version - batch.policy_version
+                window.add(metrics, wait_s=t1 - t0, step_s=time.perf_counter() - t1, staleness=staleness)
+                if params is not None and self.updates % cfg.learner.publish_every == 0:
+                    self._publish(params)
+                if self.updates % cfg.learner.checkpoint_every == 0:
+                    self.save()
+                if window.elapsed() >= cfg.telemetry.report_every_s:
+                    reporter.report(window.flush(self._replay_stats(replay)), updates=self.updates)
+        finally:
+            self.save()
+            if params is not None:
+                try:
+                    self._publish(params)
+                except grpc.RpcError:
+                    pass
+                params.close()
+            replay.close()
+            reporter.report(window.flush({}), updates=self.updates)
+            reporter.close(timeout=2.0)
+
+    def _publish(self, params: ParamsClient, first: bool = False) -> None:
+        version = self.updates + 1
+        if first:
+            # A restarted learner must not go backwards on a server that outlived it.
+            try:
+                version = max(version, params.info().version + 1)
+            except grpc.RpcError:
+                pass
+        if version <= self.version:
+            return
+        self.version = params.publish(
+            self.algo.policy_state(), version=version, metadata={UPDATES_KEY: str(self.updates)}
+        )
+
+    def _to_device(self, batch) -> dict[str, torch.Tensor]:
+        device = self.algo.device
+        pin = device.type == "cuda"
+        out = {}
+        for name in BATCH_FIELDS:
+            arr = batch.fields[name]
+            # Arrays may be read-only views of the received message; torch wants writable memory.
+            t = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr))
+            out[name] = t.pin_memory().to(device, non_blocking=True) if pin else t
+        out["weights"] = torch.from_numpy(batch.weights.astype(np.float32)).to(device)
+        return out
+
+    def _replay_stats(self, replay: ReplayClient) -> dict[str, float]:
+        try:
+            infos = replay.info()
+        except grpc.RpcError:
+            return {}
+        tables = [t for info in infos for t in info.tables if t.name == self.config.replay.table.name]
+        inserts = sum(t.inserts for t in tables)
+        samples = sum(t.samples for t in tables)
+        return {
+            "replay_size": float(sum(t.size for t in tables)),
+            "replay_capacity": float(sum(t.capacity for t in tables)),
+            "samples_per_insert": samples / inserts if inserts else 0.0,
+            "replay_live_shards": float(len(tables)),
+        }
+
+
+class _Window:
+    """Metrics accumulated between two reports."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._sums: dict[str, float] = {}
+        self._n = 0
+        self._wait = self._step = 0.0
+        self._stale_sum = 0.0
+        self._stale_n = 0
+        self._stale_max = 0
+
+    def add(self, metrics: dict[str, float], wait_s: float, step_s: float, staleness: np.ndarray) -> None:
+        for k, v in metrics.items():
+            self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._n += 1
+        self._wait += wait_s
+        self._step += step_s
+        self._stale_sum += float(staleness.sum())
+        self._stale_n += len(staleness)
+        self._stale_max = max(self._stale_max, int(staleness.max()) if len(staleness) else 0)
+
+    def idle(self, wait_s: float) -> None:
+        self._wait += wait_s
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def flush(self, extra: dict[str, float]) -> dict[str, float]:
+        elapsed = max(self.elapsed(), 1e-9)
+        out = dict(extra)
+        if self._n:
+            out.update({k: v / self._n for k, v in self._sums.items()})
+            out["updates_per_s"] = self._n / elapsed
+            out["data_wait_fraction"] = self._wait / elapsed
+            out["data_wait_ms"] = 1000 * self._wait / self._n
+            out["update_ms"] = 1000 * self._step / self._n
+            out["staleness_mean"] = self._stale_sum / max(1, self._stale_n)
+            out["staleness_max"] = float(self._stale_max)
+        self.__init__()
+        return out

@@ -1,0 +1,299 @@
+"""Client of the parameter server: publish (learners), fetch and subscribe (actors).
+
+`ParamsClient.subscribe()` returns a `ParamSubscription`: a background thread
+that keeps a Subscribe stream open, reassembles each version from its chunks
+(exposing it only when complete), and after a dropped connection or a server
+restart reconnects with backoff, resuming after the newest version it holds.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from distrl.params.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    ChunkStreamError,
+    VersionAssembler,
+    check_metadata,
+    iter_chunks,
+    prepare_tensors,
+)
+from distrl.proto.v1 import params_pb2, params_pb2_grpc
+from distrl.wire.channel import open_channel
+from distrl.wire.security import KeepaliveConfig, SecurityConfig
+
+# Errors that reconnecting cannot fix: the subscription stops and reports them.
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    }
+)
+
+
+@dataclass(frozen=True)
+class ParamsVersion:
+    """One complete version of the weights."""
+
+    version: int
+    tensors: dict[str, np.ndarray]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParamsInfo:
+    """What a parameter server holds (see `ParamsClient.info`)."""
+
+    version: int
+    num_tensors: int
+    num_bytes: int
+    subscribers: int
+    publishes: int
+    last_publish_unix_s: float
+    names: list[str]
+
+
+class ParamsSubscriptionError(RuntimeError):
+    """A subscription stopped on an error that retrying cannot fix (e.g. a refused token)."""
+
+
+def _read_version(stream) -> ParamsVersion:
+    """Assemble one complete version from a chunk stream (Fetch)."""
+    assembler = VersionAssembler()
+    for chunk in stream:
+        if assembler.add(chunk):
+            break
+    return _to_version(assembler)
+
+
+def _to_version(assembler: VersionAssembler) -> ParamsVersion:
+    return ParamsVersion(assembler.version or 0, assembler.tensors(), dict(assembler.metadata))
+
+
+class ParamsClient:
+    """Talks to one parameter server. Use as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        address: str,
+        security: SecurityConfig | None = None,
+        keepalive: KeepaliveConfig | None = None,
+        timeout_s: float = 60.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        check_metadata(None, chunk_bytes)
+        self.address = address
+        self.timeout_s = timeout_s
+        self.chunk_bytes = chunk_bytes
+        self._channel = open_channel(address, security, keepalive)
+        self._stub = params_pb2_grpc.ParametersStub(self._channel)
+        self._subscriptions: list[ParamSubscription] = []
+
+    def publish(
+        self,
+        tensors: Mapping[str, np.ndarray],
+        version: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """Publish one version; returns its number (assigned as current + 1 when `version` is None).
+
+        Raises grpc.RpcError with FAILED_PRECONDITION when `version` is not newer than the
+        server's, ValueError/TypeError for input that cannot be sent.
+        """
+        if version is not None and (not isinstance(version, int) or version < 1):
+            raise ValueError(f"version must be a positive int or None, got {version!r}")
+        arrays = prepare_tensors(tensors)
+        meta = check_metadata(metadata, self.chunk_bytes)
+        chunks = iter_chunks(version or 0, arrays, meta, self.chunk_bytes)
+        response = self._stub.Publish(chunks, timeout=self.timeout_s)
+        return response.version
+
+    def fetch(self, min_version: int = 0) -> ParamsVersion:
+        """The current version; grpc.RpcError NOT_FOUND when none (or older than `min_version`)."""
+        stream = self._stub.Fetch(params_pb2.FetchRequest(min_version=min_version), timeout=self.timeout_s)
+        try:
+            return _read_version(stream)
+        except ChunkStreamError as exc:
+            raise ChunkStreamError(f"malformed version from {self.address}: {exc}") from None
+
+    def info(self) -> ParamsInfo:
+        resp = self._stub.Info(params_pb2.ParamsInfoRequest(), timeout=self.timeout_s)
+        return ParamsInfo(
+            version=resp.version,
+            num_tensors=resp.num_tensors,
+            num_bytes=resp.num_bytes,
+            subscribers=resp.subscribers,
+            publishes=resp.publishes,
+            last_publish_unix_s=resp.last_publish_unix_s,
+            names=list(resp.names),
+        )
+
+    def subscribe(
+        self,
+        after_version: int = 0,
+        initial_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+    ) -> ParamSubscription:
+        """Start receiving every new version in the background (see `ParamSubscription`)."""
+        subscription = ParamSubscription(self._stub, after_version, initial_backoff_s, max_backoff_s)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def close(self) -> None:
+        for subscription in self._subscriptions:
+            subscription.close()
+        self._subscriptions.clear()
+        self._channel.close()
+
+    def __enter__(self) -> ParamsClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ParamSubscription:
+    """The newest weights from a parameter server, kept up to date by a background thread.
+
+    Reconnects with exponential backoff (with jitter) whenever the stream ends or
+    fails, asking only for versions newer than the one it holds. Stops on errors
+    that retrying cannot fix (bad token, unknown service); `wait_for_version` then
+    raises ParamsSubscriptionError.
+    """
+
+    def __init__(
+        self,
+        stub: params_pb2_grpc.ParametersStub,
+        after_version: int = 0,
+        initial_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        if after_version < 0:
+            raise ValueError(f"after_version must be >= 0, got {after_version}")
+        if not 0 < initial_backoff_s <= max_backoff_s:
+            raise ValueError("backoff must satisfy 0 < initial_backoff_s <= max_backoff_s")
+        self._stub = stub
+        self._after = after_version
+        self._initial_backoff_s = initial_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._cond = threading.Condition()
+        self._latest: ParamsVersion | None = None
+        self._error: BaseException | None = None
+        self._call = None
+        self._closed = threading.Event()
+        self.reconnects = 0
+        self._thread = threading.Thread(target=self._run, name="param-subscription", daemon=True)
+        self._thread.start()
+
+    @property
+    def version(self) -> int:
+        """The newest complete version held (0 before the first one)."""
+        latest = self._latest
+        return latest.version if latest else 0
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that stopped the subscription, if any."""
+        return self._error
+
+    def latest(self) -> ParamsVersion | None:
+        """The newest complete version received, or None before the first one."""
+        return self._latest
+
+    def wait_for_version(self, version: int = 1, timeout: float | None = None) -> ParamsVersion:
+        """Block until a version >= `version` is held; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None or self._latest.version < version:
+                if self._error is not None:
+                    raise ParamsSubscriptionError(f"subscription stopped: {self._error}") from self._error
+                if self._closed.is_set():
+                    raise ParamsSubscriptionError("subscription is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"no version >= {version} within {timeout}s (newest held: {self.version})"
+                    )
+                self._cond.wait(remaining)
+            return self._latest
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the background thread (cancelling the open stream)."""
+        self._closed.set()
+        with self._cond:
+            call = self._call
+            self._cond.notify_all()
+        if call is not None:
+            call.cancel()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> ParamSubscription:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- background thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = self._initial_backoff_s
+        while not self._closed.is_set():
+            try:
+                if self._stream_once():
+                    backoff = self._initial_backoff_s
+            except grpc.RpcError as exc:
+                if self._closed.is_set():
+                    break
+                if exc.code() in _FATAL_CODES:
+                    self._stop_with(exc)
+                    return
+            except ChunkStreamError:
+                pass  # a broken stream: drop the partial version and ask again
+            except Exception as exc:  # never die silently in a background thread
+                self._stop_with(exc)
+                return
+            if self._closed.wait(backoff * random.uniform(0.5, 1.0)):
+                break
+            backoff = min(backoff * 2, self._max_backoff_s)
+            self.reconnects += 1
+        with self._cond:
+            self._cond.notify_all()
+
+    def _stream_once(self) -> bool:
+        """Read one Subscribe stream until it ends; True if it delivered at least one version."""
+        request = params_pb2.SubscribeRequest(after_version=max(self._after, self.version))
+        call = self._stub.Subscribe(request)
+        with self._cond:
+            self._call = call
+        if self._closed.is_set():  # close() may have run before the call was visible to it
+            call.cancel()
+            return False
+        delivered = False
+        assembler = VersionAssembler()
+        for chunk in call:
+            if not assembler.add(chunk):
+                continue
+            version = _to_version(assembler)
+            assembler = VersionAssembler()
+            if version.version <= self.version:
+                continue  # never go backwards
+            with self._cond:
+                self._latest = version
+                self._cond.notify_all()
+            delivered = True
+        return delivered
+
+    def _stop_with(self, exc: BaseException) -> None:
+        with self._cond:
+            self._error = exc
+            self._cond.notify_all()

@@ -1,0 +1,1 @@
+"""Launchers: placement policies for the same components (local subprocesses, Ray, Kubernetes)."""

@@ -1,0 +1,91 @@
+"""`distrl train` and `distrl eval`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distrl.runtime.local import CONFIG_FILE
+
+
+def train(
+    config: Annotated[Path | None, typer.Argument(help="experiment config (YAML)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted.key=value overrides")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="default: runs/<name>-<time>")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue the run in this directory where it stopped")
+    ] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="local (subprocesses)")] = "local",
+    no_console: Annotated[
+        bool, typer.Option("--no-console", help="plain log lines, no live display")
+    ] = False,
+) -> None:
+    """Train: start replay shards, a parameter server, a learner, actors and an evaluator."""
+    from distrl.config import ConfigError, load_config
+    from distrl.runtime.local import LocalLauncher
+
+    overrides = list(overrides or [])
+    if resume is not None:
+        saved = resume / CONFIG_FILE
+        if not saved.is_file():
+            raise typer.BadParameter(f"{saved} not found: not a distrl run directory", param_hint="--resume")
+        if config is not None and config.suffix not in (".yaml", ".yml"):
+            overrides.insert(0, str(config))  # `--resume DIR key=value` reads the key as an override
+        config, run_dir = saved, resume
+    elif config is None:
+        raise typer.BadParameter("give a config file or --resume RUN_DIR", param_hint="CONFIG")
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if run_dir is None:
+        run_dir = Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if launcher != "local":
+        typer.echo(f"error: unknown launcher {launcher!r} (available: local)", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"run directory: {run_dir}")
+    result = LocalLauncher(cfg, run_dir, console=False if no_console else None).run()
+    typer.echo(
+        f"stopped ({result.reason}) at {result.env_steps} env steps, {result.updates} updates; "
+        f"resume with: distrl train --resume {result.run_dir}"
+    )
+
+
+def evaluate_run(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    episodes: Annotated[int, typer.Option("--episodes", min=1)] = 10,
+    seed: Annotated[int, typer.Option("--seed")] = 12345,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Evaluate the newest checkpoint's deterministic policy."""
+    from distrl.actors.evaluator import evaluate
+    from distrl.algos import SpaceSpec, make_algorithm
+    from distrl.config import load_config
+    from distrl.learners import checkpoint as ckpt
+
+    cfg = load_config(run_dir / CONFIG_FILE)
+    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if path is None:
+        typer.echo(f"error: no learner checkpoint in {run_dir / 'checkpoints'}", err=True)
+        raise typer.Exit(1)
+    state = ckpt.load_checkpoint(path)
+    obs_dim, action_dim = state["space"]
+    algo = make_algorithm(cfg.algo.name, SpaceSpec(obs_dim, action_dim), cfg.algo.params(), "cpu")
+    algo.load_state_dict(state["algo"])
+    result = evaluate(algo.make_policy(), cfg.env, episodes, seed=seed)
+    out = {"checkpoint": str(path), "updates": int(state["updates"]), **result.to_dict()}
+    if as_json:
+        json.dump(out, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    success = "" if result.success_rate is None else f", success {100 * result.success_rate:.0f}%"
+    typer.echo(
+        f"{path.name} ({out['updates']} updates): return {result.return_mean:.1f} +- {result.return_std:.1f} "
+        f"over {result.episodes} episodes, length {result.length_mean:.0f}{success}"
+    )

@@ -1,0 +1,229 @@
+"""The local launcher: every component as a supervised subprocess on one machine.
+
+`distrl train CONFIG` starts, in order: the coordinator (in this process; it
+drives the console), K replay shards, the parameter server, the learner, N
+actors and the evaluator, each on a free loopback port. Crashed actors and the
+evaluator are restarted with exponential backoff; a crashed shard or parameter
+server is restarted on its old port (shards restore their last checkpoint); a
+crashed learner restarts from its newest checkpoint. Ctrl-C or SIGTERM stops
+everything in order (actors first, so nothing is lost in flight; then the
+learner, which writes a final checkpoint; then the shards, which checkpoint
+replay), and `distrl train --resume RUN_DIR` continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from distrl.config import ExperimentConfig
+from distrl.replay.config import ReplayShardConfig
+from distrl.runtime.process import ChildProcess, ComponentFailed, distrl_argv
+from distrl.telemetry import Coordinator
+from distrl.wire import start_server
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+PROGRESS_FILE = "progress.json"
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    env_steps: int
+    updates: int
+    reason: str
+
+
+def _token_env(config: ExperimentConfig) -> dict[str, str]:
+    token = config.network.security.resolved_token()
+    return {"DISTRL_TOKEN": token} if token else {}
+
+
+def _security_flags(config: ExperimentConfig, server: bool) -> list[str]:
+    sec = config.network.security
+    flags: list[str] = []
+    pairs = [("--tls-cert", sec.tls_cert), ("--tls-key", sec.tls_key)]
+    pairs += [("--tls-client-ca", sec.tls_client_ca)] if server else []
+    for flag, value in pairs:
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
+class LocalLauncher:
+    def __init__(self, config: ExperimentConfig, run_dir: Path, console: bool | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.console = config.telemetry.console if console is None else console
+        self.children: dict[str, ChildProcess] = {}
+        self._stop = threading.Event()
+        self._reason = "stopped"
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _prepare(self) -> dict | None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(self.config.to_yaml())
+        progress = self.run_dir / PROGRESS_FILE
+        return json.loads(progress.read_text()) if progress.exists() else None
+
+    def _child(self, name: str, args: list[str], server: bool, restartable: bool) -> ChildProcess:
+        child = ChildProcess(
+            name=name,
+            argv=distrl_argv(*args),
+            log_path=self.run_dir / "logs" / f"{name}.log",
+            server=server,
+            restartable=restartable,
+            env=_token_env(self.config),
+            backoff_s=self.config.actors.restart_backoff_s,
+        )
+        self.children[name] = child
+        return child
+
+    def _start_servers(self) -> tuple[list[str], str]:
+        cfg = self.config
+        host = cfg.network.host
+        shards = []
+        for k in range(cfg.replay.num_shards):
+            shard_cfg = ReplayShardConfig(
+                tables=[cfg.replay.table],
+                checkpoint_dir=self.run_dir / "replay" / f"shard-{k}",
+                checkpoint_every_s=cfg.replay.checkpoint_every_s,
+                seed=cfg.seed * 1000 + k,
+            )
+            path = self.run_dir / "replay" / f"shard-{k}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(shard_cfg.model_dump(mode="json"), sort_keys=False))
+            args = ["serve", "replay", "--host", host, "--port", "0", "--config", str(path)]
+            shards.append(self._child(f"replay-{k}", args + _security_flags(cfg, True), True, True))
+        params = self._child(
+            "params",
+            ["serve", "params", "--host", host, "--port", "0", *_security_flags(cfg, True)],
+            True,
+            True,
+        )
+        for child in [*shards, params]:
+            child.start()
+            # A restarted server must come back where its clients look for it.
+            child.argv[child.argv.index("--port") + 1] = child.address.rsplit(":", 1)[1]
+        return [s.address for s in shards], params.address
+
+    def _component_args(self, replay: list[str], params: str, telemetry: str) -> list[str]:
+        return [
+            "--config",
+            str(self.run_dir / CONFIG_FILE),
+            "--replay",
+            ",".join(replay),
+            "--params",
+            params,
+            "--telemetry",
+            telemetry,
+        ]
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        cfg = self.config
+        resume_from = self._prepare()
+        coordinator = Coordinator(
+            self.run_dir,
+            cfg.telemetry,
+            total_env_steps=cfg.train.total_env_steps,
+            run_config=cfg.model_dump(mode="json"),
+            resume_from=resume_from,
+        )
+        coord_server = start_server(
+            [coordinator.register],
+            coordinator.service_names,
+            host=cfg.network.host,
+            port=0,
+            security=cfg.network.security,
+            keepalive=cfg.network.keepalive,
+        )
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        display = coordinator.console() if self.console else None
+        try:
+            replay, params = self._start_servers()
+            common = self._component_args(replay, params, coord_server.address)
+            self._child("learner", ["serve", "learner", *common, "--run-dir", str(self.run_dir)], False, True)
+            for i in range(cfg.actors.num_actors):
+                self._child(f"actor-{i}", ["serve", "actor", *common, "--index", str(i)], False, True)
+            if cfg.eval.enabled:
+                self._child("evaluator", ["serve", "evaluator", *common], False, True)
+            for child in self.children.values():
+                if child.proc is None:
+                    child.start()
+            if display is not None:
+                display.start()
+            self._supervise(coordinator)
+        finally:
+            self._shutdown()
+            if display is not None:
+                display.stop()
+            coordinator.close()
+            coord_server.stop(1.0)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        snap = coordinator.snapshot()
+        return RunResult(self.run_dir, int(snap.env_steps), int(snap.updates), self._reason)
+
+    def _on_signal(self, _signum, _frame) -> None:
+        self._reason = "interrupted"
+        self._stop.set()
+
+    def _supervise(self, coordinator: Coordinator) -> None:
+        cfg = self.config
+        while not self._stop.wait(0.2):
+            snap = coordinator.snapshot()
+            if snap.env_steps >= cfg.train.total_env_steps:
+                self._reason = f"reached {cfg.train.total_env_steps} env steps"
+                return
+            learner = self.children["learner"]
+            if learner.returncode() == 0:
+                self._reason = "learner finished"
+                return
+            now = time.monotonic()
+            for child in self.children.values():
+                if child.alive():
+                    continue
+                if child.next_restart_at is None:
+                    code = child.returncode()
+                    if not child.restartable or child.restarts >= cfg.actors.max_restarts:
+                        raise ComponentFailed(
+                            f"{child.name} exited with code {code} and will not be restarted; "
+                            f"see {child.log_path}"
+                        )
+                    delay = min(child.backoff_s * 2**child.restarts, MAX_BACKOFF_S)
+                    child.next_restart_at = now + delay
+                    log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
+                    coordinator.note(f"{child.name} exited (code {code}); restart in {delay:.1f}s")
+                elif now >= child.next_restart_at:
+                    child.restarts += 1
+                    child.next_restart_at = None
+                    child.start()
+                    coordinator.note(f"{child.name} restarted ({child.restarts})")
+
+    def _shutdown(self) -> None:
+        order = [
+            [c for n, c in self.children.items() if n.startswith(("actor-", "evaluator"))],
+            [c for n, c in self.children.items() if n == "learner"],
+            [c for n, c in self.children.items() if n.startswith("replay-") or n == "params"],
+        ]
+        for group in order:
+            for child in group:
+                child.terminate()
+            for child in group:
+                if not child.wait(60.0):
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    child.kill()

@@ -1,0 +1,128 @@
+"""`distrl serve coordinator`: the telemetry coordinator as its own server process.
+
+Heavy imports (grpc, rich, wandb) stay inside the command body so `distrl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distrl.wire.cli_options import (
+    HostOpt,
+    KeepaliveOpt,
+    KeepaliveTimeoutOpt,
+    PortOpt,
+    TlsCertOpt,
+    TlsClientCaOpt,
+    TlsKeyOpt,
+    TokenFileOpt,
+    TokenOpt,
+    keepalive_from_options,
+    security_from_options,
+)
+
+# Duplicated from distrl.telemetry.coordinator so importing the CLI does not import grpc.
+_DEFAULT_PORT = 50053
+
+
+def serve_coordinator(
+    run_dir: Annotated[
+        Path, typer.Option("--run-dir", help="where metrics.jsonl, progress.json (and W&B files) go")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="experiment config YAML; its telemetry and train sections are used"),
+    ] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = _DEFAULT_PORT,
+    prometheus_port: Annotated[
+        int | None, typer.Option("--prometheus-port", min=0, help="serve Prometheus /metrics on this port")
+    ] = None,
+    dashboard_port: Annotated[
+        int | None, typer.Option("--dashboard-port", min=0, help="serve the web dashboard on this port")
+    ] = None,
+    console: Annotated[
+        bool | None, typer.Option("--console/--no-console", help="live progress display (default: config)")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="ignore RUN_DIR/progress.json instead of continuing from it")
+    ] = False,
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    tls_client_ca: TlsClientCaOpt = None,
+    keepalive_s: KeepaliveOpt = 30.0,
+    keepalive_timeout_s: KeepaliveTimeoutOpt = 10.0,
+) -> None:
+    """Collect every component's metrics: console progress, metrics.jsonl, W&B, Prometheus, dashboard.
+
+    A restarted coordinator continues the run from RUN_DIR/progress.json (unless --fresh).
+    """
+    from rich.console import Console
+
+    from distrl.config import ConfigError, TelemetryConfig, load_config
+    from distrl.telemetry.coordinator import Coordinator, load_progress, start_coordinator_server
+    from distrl.wire.lifecycle import serve_until_signalled
+
+    security = security_from_options(token, token_file, tls_cert, tls_key, tls_client_ca)
+    keepalive = keepalive_from_options(keepalive_s, keepalive_timeout_s)
+    telemetry, total_env_steps, run_config = TelemetryConfig(), None, None
+    if config is not None:
+        try:
+            experiment = load_config(config)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        telemetry = experiment.telemetry
+        total_env_steps = experiment.train.total_env_steps
+        run_config = experiment.model_dump(mode="json")
+    overrides = {
+        key: value
+        for key, value in (
+            ("prometheus_port", prometheus_port),
+            ("dashboard_port", dashboard_port),
+            ("console", console),
+        )
+        if value is not None
+    }
+    telemetry = telemetry.model_copy(update=overrides)
+    try:
+        resume_from = None if fresh else load_progress(run_dir)
+        coordinator = Coordinator(
+            run_dir,
+            telemetry,
+            total_env_steps=total_env_steps,
+            run_config=run_config,
+            resume_from=resume_from,
+            http_host=host,
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        running = start_coordinator_server(coordinator, host, port, security, keepalive)
+    except (OSError, RuntimeError) as exc:
+        coordinator.close()
+        typer.echo(f"error: cannot start the coordinator on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    # The display goes to stderr: stdout's first line is `listening on HOST:PORT` for launchers.
+    display = coordinator.console(Console(stderr=True)) if telemetry.console else None
+    for what, bound in (
+        ("dashboard", coordinator.dashboard_port),
+        ("prometheus", coordinator.prometheus_port),
+    ):
+        if bound is not None:
+            typer.echo(f"{what} on http://{host}:{bound}/", err=True)
+    if display is not None:
+        display.start()
+
+    def _shutdown() -> None:
+        if display is not None:
+            display.stop()
+        coordinator.close()
+
+    serve_until_signalled(running, on_shutdown=_shutdown)

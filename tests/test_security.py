@@ -1,0 +1,125 @@
+"""TLS, mutual TLS and bearer tokens on a real server (the parameter server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from certs import TlsFiles, make_tls_files
+
+from distrl.params import ParamsClient, ParamsSubscriptionError, RunningParamServer, start_params_server
+from distrl.proto.v1 import params_pb2, params_pb2_grpc
+from distrl.wire import SecurityConfig, check_health, open_channel
+
+TOKEN = "s3cret-token"
+TIMEOUT_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls-other"), prefix="other-")
+
+
+@pytest.fixture
+def tls_server(tls: TlsFiles) -> Iterator[RunningParamServer]:
+    security = SecurityConfig(tls_cert=tls.server_cert, tls_key=tls.server_key, token=TOKEN)
+    running = start_params_server(security=security)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def mtls_server(tls: TlsFiles) -> Iterator[RunningParamServer]:
+    security = SecurityConfig(tls_cert=tls.server_cert, tls_key=tls.server_key, tls_client_ca=tls.ca_cert)
+    running = start_params_server(security=security)
+    yield running
+    running.stop(0)
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code()
+
+
+def test_right_token_over_tls_works_for_every_kind_of_call(tls, tls_server):
+    security = SecurityConfig(tls_ca=tls.ca_cert, token=TOKEN)
+    with ParamsClient(f"localhost:{tls_server.port}", security, timeout_s=TIMEOUT_S) as client:
+        tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+        subscription = client.subscribe()
+        assert client.publish(tensors) == 1  # stream -> unary
+        got = subscription.wait_for_version(1, TIMEOUT_S)  # unary -> stream
+        np.testing.assert_array_equal(got.tensors["w"], tensors["w"])
+        assert client.info().version == 1  # unary
+    # The certificate names 127.0.0.1 too, and a token file works like an inline token.
+    token_file = Path(tls.ca_cert).parent / "token"
+    token_file.write_text(TOKEN + "\n")
+    security = SecurityConfig(tls_ca=tls.ca_cert, token_file=token_file)
+    with ParamsClient(tls_server.address, security, timeout_s=TIMEOUT_S) as client:
+        assert client.fetch().version == 1
+
+
+def test_missing_or_wrong_token_is_refused(tls, tls_server):
+    address = f"localhost:{tls_server.port}"
+    for token in (None, "wrong-token", TOKEN + "x"):
+        security = SecurityConfig(tls_ca=tls.ca_cert, token=token)
+        with ParamsClient(address, security, timeout_s=TIMEOUT_S) as client:
+            assert _code(client.info) == grpc.StatusCode.UNAUTHENTICATED, token
+            assert _code(lambda c=client: c.publish({"w": np.zeros(3)})) == grpc.StatusCode.UNAUTHENTICATED
+            assert _code(client.fetch) == grpc.StatusCode.UNAUTHENTICATED
+            # A subscription gives up rather than retrying a refused token forever.
+            subscription = client.subscribe()
+            with pytest.raises(ParamsSubscriptionError, match="UNAUTHENTICATED"):
+                subscription.wait_for_version(1, TIMEOUT_S)
+    with ParamsClient(address, SecurityConfig(tls_ca=tls.ca_cert, token=TOKEN)) as client:
+        assert client.info().publishes == 0  # none of the refused publishes landed
+
+
+def test_health_check_needs_no_token(tls, tls_server):
+    channel = open_channel(f"localhost:{tls_server.port}", SecurityConfig(tls_ca=tls.ca_cert))
+    try:
+        assert check_health(channel, timeout=TIMEOUT_S) == "SERVING"
+        assert check_health(channel, "distrl.v1.Parameters", timeout=TIMEOUT_S) == "SERVING"
+    finally:
+        channel.close()
+
+
+def test_plaintext_client_cannot_talk_to_tls_server(tls_server):
+    channel = grpc.insecure_channel(tls_server.address)
+    stub = params_pb2_grpc.ParametersStub(channel)
+    try:
+        code = _code(lambda: stub.Info(params_pb2.ParamsInfoRequest(), timeout=2.0))
+        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        channel.close()
+    # Even with the right token: the handshake fails before any call is made.
+    with ParamsClient(tls_server.address, SecurityConfig(token=TOKEN), timeout_s=2.0) as client:
+        assert _code(client.info) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_client_refuses_server_signed_by_an_unknown_ca(other_ca, tls_server):
+    security = SecurityConfig(tls_ca=other_ca.ca_cert, token=TOKEN)
+    with ParamsClient(f"localhost:{tls_server.port}", security, timeout_s=2.0) as client:
+        assert _code(client.info) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_mutual_tls_refuses_clients_without_a_trusted_certificate(tls, other_ca, mtls_server):
+    address = f"localhost:{mtls_server.port}"
+    with ParamsClient(address, SecurityConfig(tls_ca=tls.ca_cert), timeout_s=2.0) as client:
+        assert _code(client.info) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    # A certificate from a CA the server does not trust is refused too.
+    untrusted = SecurityConfig(tls_ca=tls.ca_cert, tls_cert=other_ca.client_cert, tls_key=other_ca.client_key)
+    with ParamsClient(address, untrusted, timeout_s=2.0) as client:
+        assert _code(client.info) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    trusted = SecurityConfig(tls_ca=tls.ca_cert, tls_cert=tls.client_cert, tls_key=tls.client_key)
+    with ParamsClient(address, trusted, timeout_s=TIMEOUT_S) as client:
+        assert client.publish({"w": np.ones(2, dtype=np.float32)}) == 1
+        assert client.info().version == 1

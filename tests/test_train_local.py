@@ -1,0 +1,177 @@
+"""End-to-end runs of `distrl train` with the local launcher: real processes, gRPC, MuJoCo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "sac_smoke.yaml"
+ENV = {**os.environ, "MUJOCO_GL": "disable"}
+
+
+def distrl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distrl.cli", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last(run_dir: Path, key: str):
+    values = [r[key] for r in rows(run_dir) if key in r]
+    return values[-1] if values else None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    out = distrl("train", str(SMOKE), "--run-dir", str(run_dir), "--no-console", "train.total_env_steps=2000")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "reached 2000 env steps" in out.stdout
+    return run_dir
+
+
+def test_run_directory_layout(smoke_run: Path):
+    assert (smoke_run / "config.yaml").is_file()
+    assert (smoke_run / "metrics.jsonl").is_file()
+    for name in ["learner", "actor-0", "actor-1", "evaluator", "params", "replay-0", "replay-1"]:
+        assert (smoke_run / "logs" / f"{name}.log").is_file(), name
+    assert list((smoke_run / "checkpoints").glob("learner-*.pt"))
+    for row in rows(smoke_run):
+        assert {"env_steps", "updates", "wall_time"} <= set(row)
+
+
+def test_data_reaches_both_shards(smoke_run: Path):
+    for k in range(2):
+        ckpts = list_checkpoints(smoke_run / "replay" / f"shard-{k}")
+        assert ckpts, f"shard {k} wrote no checkpoint"
+        table = read_checkpoint(ckpts[-1])["default"]
+        assert len(table.keys) > 0, f"shard {k} holds no transitions"
+        assert set(table.fields) >= {"obs", "action", "reward", "next_obs", "terminated", "truncated"}
+
+
+def test_weights_reach_actors_and_staleness_is_measured(smoke_run: Path):
+    assert max(r.get("actor/policy_version", 0) for r in rows(smoke_run)) > 1
+    assert last(smoke_run, "learner/staleness_mean") is not None
+    assert last(smoke_run, "learner/staleness_max") is not None
+    # transitions stored in replay carry the version that produced them
+    table = read_checkpoint(list_checkpoints(smoke_run / "replay" / "shard-0")[-1])["default"]
+    assert table.policy_version.max() > 0
+
+
+def test_resume_continues_counters_and_weights(smoke_run: Path):
+    before_steps = last(smoke_run, "env_steps")
+    before_updates = last(smoke_run, "updates")
+    n_rows = len(rows(smoke_run))
+    out = distrl(
+        "train", "--resume", str(smoke_run), "--no-console", f"train.total_env_steps={before_steps + 1500}"
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    learner_log = (smoke_run / "logs" / "learner.log").read_text()
+    assert "resumed from" in learner_log
+    new_rows = rows(smoke_run)[n_rows:]
+    assert new_rows, "the resumed run wrote no metrics"
+    assert min(r["env_steps"] for r in new_rows) >= before_steps
+    assert new_rows[-1]["updates"] > before_updates
+    assert new_rows[-1]["env_steps"] >= before_steps + 1500
+
+
+def test_eval_command_reports_the_policy(smoke_run: Path):
+    out = distrl("eval", str(smoke_run), "--episodes", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["episodes"] == 2 and result["updates"] > 0
+    assert result["return_mean"] > 0
+
+
+def test_bad_config_key_fails_with_its_path(tmp_path: Path):
+    out = distrl("train", str(SMOKE), "--run-dir", str(tmp_path / "r"), "learner.batch_sise=3")
+    assert out.returncode == 2
+    assert "learner.batch_sise" in out.stderr and "unknown key" in out.stderr
+    out = distrl("train", str(SMOKE), "--run-dir", str(tmp_path / "r"), "actors.num_actors=0")
+    assert out.returncode == 2 and "actors.num_actors" in out.stderr
+
+
+def _pid_of(run_dir: Path, name: str) -> int | None:
+    needle = f"--index {name.split('-')[1]}" if name.startswith("actor-") else name
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(run_dir) in cmd and "serve actor" in cmd and needle in cmd:
+            return int(proc.name)
+    return None
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_actor_killed_with_sigkill_is_restarted(tmp_path: Path):
+    run_dir = tmp_path / "kill"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distrl.cli",
+            "train",
+            str(SMOKE),
+            "--run-dir",
+            str(run_dir),
+            "--no-console",
+            "train.total_env_steps=100000",
+            "actors.restart_backoff_s=0.5",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (last(run_dir, "env_steps") or 0) > 300, 120, "the run to make progress")
+        pid = wait_for(lambda: _pid_of(run_dir, "actor-0"), 30, "actor-0's pid")
+        os.kill(pid, signal.SIGKILL)
+        log = run_dir / "logs" / "actor-0.log"
+        wait_for(lambda: log.read_text().count("--- start") >= 2, 60, "actor-0 to be restarted")
+        new_pid = wait_for(lambda: _pid_of(run_dir, "actor-0"), 30, "the restarted actor-0")
+        assert new_pid != pid
+        steps = last(run_dir, "env_steps")
+        updates = last(run_dir, "updates")
+        wait_for(lambda: last(run_dir, "env_steps") > steps + 200, 90, "env steps to grow after the restart")
+        wait_for(lambda: last(run_dir, "updates") > updates, 60, "updates to grow after the restart")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "actor-0 exited" in output
+    assert list((run_dir / "checkpoints").glob("learner-*.pt"))

@@ -1,0 +1,114 @@
+"""What every benchmark shares: the machine description, results, the table and the JSON file.
+
+JSON format (DESIGN.md "Benchmarks"): {"benchmark", "machine": {cpu, cores, gpu, torch,
+python}, "config", "results": [{"name", "value", "unit", "baseline", "baseline_value",
+"ratio"}]}, where ratio = value / baseline_value oriented so higher is better for us and the
+baseline is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    unit: str
+    baseline: str | None = None
+    baseline_value: float | None = None
+    # When lower is better for `value` (e.g. seconds), the ratio is inverted.
+    lower_is_better: bool = False
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline_value or not self.value:
+            return None
+        r = self.value / self.baseline_value
+        return 1.0 / r if self.lower_is_better else r
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "baseline": self.baseline,
+            "baseline_value": self.baseline_value,
+            "ratio": self.ratio,
+        }
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        torch_version, gpu = None, None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch_version,
+        "python": platform.python_version(),
+    }
+
+
+def print_table(results: list[Result], title: str | None = None) -> None:
+    if title:
+        print(title)
+    rows = [
+        (r.name, _fmt(r.value), r.unit, r.baseline or "-", _fmt(r.baseline_value), _ratio(r)) for r in results
+    ]
+    header = ("name", "value", "unit", "baseline", "baseline value", "ratio")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+def write_json(path: Path | None, benchmark: str, config: dict[str, Any], results: list[Result]) -> dict:
+    doc = {
+        "benchmark": benchmark,
+        "machine": machine_info(),
+        "config": config,
+        "results": [r.as_json() for r in results],
+    }
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {path}")
+    return doc
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a short run for CI smoke tests")
+    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    return p
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def _ratio(result: Result) -> str:
+    r = result.ratio
+    return "-" if r is None else f"{r:.2f}x"

@@ -1,0 +1,74 @@
+"""Replay: sharded tables of transitions served over gRPC.
+
+A `Table` is ring storage x sampler (uniform / prioritized) x FIFO remover x
+rate limiter; a `ReplayShard` serves named tables (`serve_replay_shard`, or
+`distrl serve replay`); a `ReplayClient` writes to and samples from K shards.
+Attributes load on first use so `distrl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distrl.replay.client import (
+        BatchRejectedError,
+        ReplayClient,
+        ReplayClientError,
+        ReplayWriter,
+        SampleBatch,
+        ShardInfo,
+        TableInfo,
+    )
+    from distrl.replay.config import ReplayShardConfig, TableConfig
+    from distrl.replay.server import ReplayServer, ReplayShard, serve_replay_shard
+    from distrl.replay.spec import BatchRejected
+    from distrl.replay.table import RateLimiterTimeout, SampledBatch, Table, TableClosed
+
+_EXPORTS = {
+    "BatchRejected": "distrl.replay.spec",
+    "BatchRejectedError": "distrl.replay.client",
+    "RateLimiterTimeout": "distrl.replay.table",
+    "ReplayClient": "distrl.replay.client",
+    "ReplayClientError": "distrl.replay.client",
+    "ReplayServer": "distrl.replay.server",
+    "ReplayShard": "distrl.replay.server",
+    "ReplayShardConfig": "distrl.replay.config",
+    "ReplayWriter": "distrl.replay.client",
+    "SampleBatch": "distrl.replay.client",
+    "SampledBatch": "distrl.replay.table",
+    "ShardInfo": "distrl.replay.client",
+    "Table": "distrl.replay.table",
+    "TableClosed": "distrl.replay.table",
+    "TableConfig": "distrl.replay.config",
+    "TableInfo": "distrl.replay.client",
+    "serve_replay_shard": "distrl.replay.server",
+}
+
+__all__ = [
+    "BatchRejected",
+    "BatchRejectedError",
+    "RateLimiterTimeout",
+    "ReplayClient",
+    "ReplayClientError",
+    "ReplayServer",
+    "ReplayShard",
+    "ReplayShardConfig",
+    "ReplayWriter",
+    "SampleBatch",
+    "SampledBatch",
+    "ShardInfo",
+    "Table",
+    "TableClosed",
+    "TableConfig",
+    "TableInfo",
+    "serve_replay_shard",
+]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distrl.replay' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,394 @@
+"""The replay shard: named tables served over gRPC (`distrl.v1.Replay`).
+
+`ReplayShard` owns the tables (restored from the newest checkpoint on start,
+checkpointed on request, periodically and on shutdown); `ReplayServicer`
+turns RPCs into table calls and table errors into status codes:
+
+- a batch that does not match the table's spec -> INVALID_ARGUMENT naming the
+  field (nothing of it stored; the stream ends, the shard keeps serving);
+- an unknown table -> NOT_FOUND;
+- a rate-limiter wait that ran out -> DEADLINE_EXCEEDED saying which side waited;
+- a shard shutting down -> UNAVAILABLE (clients fail over).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from distrl.proto.v1 import replay_pb2, replay_pb2_grpc
+from distrl.replay.checkpoint import restore_tables, write_checkpoint
+from distrl.replay.config import ReplayShardConfig
+from distrl.replay.messages import encode_sample_batch, fast_decode
+from distrl.replay.spec import BatchRejected
+from distrl.replay.table import RateLimiterTimeout, Table, TableClosed, TableStats
+from distrl.wire.codec import TensorDecodeError, decode, dtype_to_proto
+from distrl.wire.security import KeepaliveConfig, SecurityConfig
+from distrl.wire.server import RunningServer, start_server
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "distrl.v1.Replay"
+DEFAULT_TABLE = "default"
+# Trailing-metadata key carrying the name of the field that got a batch rejected.
+REJECTED_FIELD_KEY = "distrl-rejected-field"
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    path: Path
+    duration_s: float
+
+
+class ReplayShard:
+    """The tables of one shard and their checkpoints.
+
+    Restores from the newest checkpoint in `config.checkpoint_dir` (fresh tables
+    when there is none) and, with `checkpoint_every_s`, checkpoints in a
+    background thread.
+    """
+
+    def __init__(self, config: ReplayShardConfig) -> None:
+        self.config = config
+        self._started = time.monotonic()
+        self._closing = threading.Event()
+        self._checkpoint_lock = threading.Lock()
+        self._closed = False
+        # Batches rejected before they reached a table (undecodable tensors, no actor id), per table.
+        self._undecodable: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        directory = Path(config.checkpoint_dir) if config.checkpoint_dir is not None else None
+        self.tables, self.last_checkpoint = restore_tables(config.tables, directory, config.seed)
+        if self.last_checkpoint is not None:
+            log.info("restored replay tables from %s", self.last_checkpoint)
+        self._periodic: threading.Thread | None = None
+        if config.checkpoint_dir is not None and config.checkpoint_every_s is not None:
+            self._periodic = threading.Thread(
+                target=self._checkpoint_periodically, name="replay-checkpoint", daemon=True
+            )
+            self._periodic.start()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def table(self, name: str) -> Table:
+        """The table called `name` (the empty name means `default`); KeyError names the known ones."""
+        try:
+            return self.tables[name or DEFAULT_TABLE]
+        except KeyError:
+            raise KeyError(f"no table {name!r} on this shard (tables: {sorted(self.tables)})") from None
+
+    def checkpoint(self) -> CheckpointResult:
+        """Write every table to a new checkpoint; raises RuntimeError without a checkpoint_dir."""
+        if self.config.checkpoint_dir is None:
+            raise RuntimeError("this shard has no checkpoint_dir configured")
+        with self._checkpoint_lock:
+            start = time.perf_counter()
+            path = write_checkpoint(
+                self.tables.values(), Path(self.config.checkpoint_dir), keep=self.config.keep_checkpoints
+            )
+            self.last_checkpoint = path
+            return CheckpointResult(path, time.perf_counter() - start)
+
+    def count_undecodable(self, table: str) -> None:
+        with self._counts_lock:
+            self._undecodable[table] = self._undecodable.get(table, 0) + 1
+
+    def undecodable_batches(self, table: str) -> int:
+        """Batches for `table` rejected before reaching it (undecodable tensors, no actor id)."""
+        return self._undecodable.get(table, 0)
+
+    def begin_shutdown(self) -> None:
+        """Refuse new work: waiting calls stop waiting and end with UNAVAILABLE."""
+        self._closing.set()
+
+    def close(self, final_checkpoint: bool = True) -> None:
+        """Stop the periodic checkpoints, write a final one (with a checkpoint_dir), close the tables.
+
+        Idempotent: only the first call checkpoints.
+        """
+        self.begin_shutdown()
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._periodic is not None:
+            self._periodic.join()
+        try:
+            if final_checkpoint and self.config.checkpoint_dir is not None:
+                result = self.checkpoint()
+                log.info("final checkpoint %s (%.2fs)", result.path, result.duration_s)
+        finally:
+            for table in self.tables.values():
+                table.close()
+
+    def _checkpoint_periodically(self) -> None:
+        every = float(self.config.checkpoint_every_s or 0)
+        while not self._closing.wait(every):
+            try:
+                self.checkpoint()
+            except Exception:  # a failed checkpoint must not kill the shard; the next one may succeed
+                log.exception("periodic checkpoint failed")
+
+
+class ReplayServicer(replay_pb2_grpc.ReplayServicer):
+    """`distrl.v1.Replay` over a `ReplayShard`."""
+
+    def __init__(self, shard: ReplayShard) -> None:
+        self.shard = shard
+
+    def register(self, server: grpc.Server) -> None:
+        replay_pb2_grpc.add_ReplayServicer_to_server(self, server)
+
+    # -- RPCs --------------------------------------------------------------------------------------
+
+    def Insert(self, request_iterator, context):
+        active = self._active(context)
+        for request in request_iterator:
+            table = self._table(request.table, context)
+            fields = self._decode_batch(table, request, context)
+            try:
+                result = table.insert(
+                    fields,
+                    actor_id=request.actor_id,
+                    sequence=request.sequence,
+                    policy_version=request.policy_version,
+                    timeout=self._wait_limit(table, context),
+                    is_active=active,
+                )
+            except BatchRejected as exc:
+                _abort_rejected(context, request, exc.field, str(exc))
+            except RateLimiterTimeout as exc:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
+            except TableClosed:
+                self._abort_closed(context)
+                return  # the caller went away
+            yield replay_pb2.InsertAck(
+                actor_id=request.actor_id,
+                sequence=request.sequence,
+                stored=result.stored,
+                table_size=result.table_size,
+            )
+
+    def Sample(self, request, context):
+        table = self._table(request.table, context)
+        if request.batch_size <= 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"batch_size must be > 0, got {request.batch_size}"
+            )
+        if request.num_batches < 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {request.num_batches}"
+            )
+        active = self._active(context)
+        # Uniform sampling's weights are all ones: the client fills them in.
+        send_weights = table.config.sampler != "uniform"
+        sent = 0
+        shard = self.shard
+        while request.num_batches == 0 or sent < request.num_batches:
+            if shard.closing:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+            try:
+                batch = table.sample(
+                    request.batch_size,
+                    timeout=self._wait_limit(table, context, request.rate_limiter_timeout_ms),
+                    is_active=active,
+                )
+            except RateLimiterTimeout as exc:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
+            except TableClosed:
+                self._abort_closed(context)
+                return
+            yield encode_sample_batch(
+                table.name,
+                keys=batch.keys,
+                probabilities=batch.probabilities,
+                weights=batch.weights if send_weights else None,
+                policy_version=batch.policy_version,
+                fields=batch.fields,
+                table_size=batch.table_size,
+            )
+            sent += 1
+
+    def UpdatePriorities(self, request, context):
+        table = self._table(request.table, context)
+        try:
+            keys = decode(request.keys, name="keys")
+            priorities = decode(request.priorities, name="priorities")
+        except TensorDecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            updated = table.update_priorities(keys, priorities)
+        except BatchRejected as exc:
+            context.set_trailing_metadata(((REJECTED_FIELD_KEY, exc.field),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return replay_pb2.UpdatePrioritiesResponse(updated=updated)
+
+    def Info(self, request, context):
+        last = self.shard.last_checkpoint
+        return replay_pb2.InfoResponse(
+            tables=[
+                table_info_proto(t.stats(), self.shard.undecodable_batches(name))
+                for name, t in self.shard.tables.items()
+            ],
+            last_checkpoint=str(last) if last is not None else "",
+            uptime_s=self.shard.uptime_s,
+        )
+
+    def Checkpoint(self, request, context):
+        if self.shard.config.checkpoint_dir is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this shard has no checkpoint_dir configured")
+        try:
+            result = self.shard.checkpoint()
+        except OSError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"checkpoint failed: {exc}")
+        return replay_pb2.CheckpointResponse(path=str(result.path), duration_s=result.duration_s)
+
+    def _decode_batch(
+        self, table: Table, request: replay_pb2.TransitionBatch, context: grpc.ServicerContext
+    ) -> dict[str, np.ndarray]:
+        try:
+            if not request.actor_id:
+                raise _Undecodable("actor_id", "field 'actor_id': required to ack and de-duplicate batches")
+            fields = {}
+            for name, tensor in request.fields.items():
+                try:
+                    fields[name] = fast_decode(tensor, name)
+                except TensorDecodeError as exc:
+                    raise _Undecodable(name, f"field {name!r}: {exc}") from None
+            return fields
+        except _Undecodable as exc:
+            self.shard.count_undecodable(table.name)
+            _abort_rejected(context, request, exc.field, exc.message)
+            raise  # unreachable: abort raises
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _table(self, name: str, context: grpc.ServicerContext) -> Table:
+        if self.shard.closing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+        try:
+            return self.shard.table(name)
+        except KeyError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            raise  # unreachable: abort raises
+
+    def _active(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+        shard = self.shard
+        return lambda: context.is_active() and not shard.closing
+
+    def _abort_closed(self, context: grpc.ServicerContext) -> None:
+        """End a call whose wait was cut short: by shutdown (UNAVAILABLE) or by its caller leaving."""
+        if context.is_active():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+
+    @staticmethod
+    def _wait_limit(table: Table, context: grpc.ServicerContext, requested_ms: int = 0) -> float:
+        """The smaller of the request's limit, the table's max_wait_s and the call's deadline."""
+        limit = float(table.config.max_wait_s)
+        if requested_ms > 0:
+            limit = min(limit, requested_ms / 1000.0)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            limit = min(limit, max(remaining, 0.0))
+        return limit
+
+
+class _Undecodable(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _abort_rejected(context: grpc.ServicerContext, request, field_name: str, message: str) -> None:
+    context.set_trailing_metadata(((REJECTED_FIELD_KEY, field_name),))
+    context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"batch {request.sequence} from actor {request.actor_id!r} rejected: {message}",
+    )
+
+
+def table_info_proto(stats: TableStats, undecodable_batches: int = 0) -> replay_pb2.TableInfo:
+    spec = []
+    if stats.spec is not None:
+        spec = [
+            replay_pb2.FieldSpec(name=f.name, dtype=dtype_to_proto(f.dtype), shape=list(f.shape))
+            for f in stats.spec.fields.values()
+        ]
+    target = stats.target_samples_per_insert
+    return replay_pb2.TableInfo(
+        name=stats.name,
+        size=stats.size,
+        capacity=stats.capacity,
+        inserts=stats.inserts,
+        samples=stats.samples,
+        inserted_batches=stats.inserted_batches,
+        duplicate_batches=stats.duplicate_batches,
+        rejected_batches=stats.rejected_batches + undecodable_batches,
+        samples_per_insert=stats.samples_per_insert,
+        insert_wait_s=stats.insert_wait_s,
+        sample_wait_s=stats.sample_wait_s,
+        sampler=stats.sampler,
+        spec=spec,
+        target_samples_per_insert=target if target is not None and math.isfinite(target) else 0.0,
+        min_size_to_sample=stats.min_size_to_sample,
+    )
+
+
+@dataclass
+class ReplayServer(RunningServer):
+    """A running replay server: stopping it first tells the shard to refuse new work."""
+
+    shard: ReplayShard | None = field(default=None)
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        if self.shard is not None:
+            self.shard.begin_shutdown()
+        super().stop(grace)
+
+
+def serve_replay_shard(
+    config: ReplayShardConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    security: SecurityConfig | None = None,
+    keepalive: KeepaliveConfig | None = None,
+    extra_register: list[Callable[[grpc.Server], None]] | None = None,
+) -> tuple[ReplayShard, ReplayServer]:
+    """Build a shard from `config` and serve it; port 0 picks a free port.
+
+    `running.stop()` ends calls (clients see UNAVAILABLE); `shard.close()` then
+    writes the final checkpoint. `extra_register` adds other services to the same
+    server (benchmarks use it for a raw-bytes baseline).
+    """
+    shard = ReplayShard(config)
+    servicer = ReplayServicer(shard)
+    try:
+        running = start_server(
+            register=[lambda server: servicer.register(server), *(extra_register or [])],
+            service_names=[SERVICE_NAME],
+            host=host,
+            port=port,
+            security=security,
+            keepalive=keepalive,
+        )
+    except BaseException:
+        shard.close(final_checkpoint=False)
+        raise
+    return shard, ReplayServer(
+        running.server, running.host, running.port, running.health, running.service_names, shard=shard
+    )

@@ -1,0 +1,131 @@
+"""SAC learning curves: distrl's distributed run vs Stable-Baselines3's SAC, same hyperparameters.
+
+    .venv/bin/python benchmarks/learning_curve.py [--quick] [--json PATH] [--seeds 0,1,2] [--steps 100000]
+
+Both learn HalfCheetah-v5 with batch 256, lr 3e-4, gamma 0.99, tau 0.005, 256x256 networks,
+5,000 random warm-up steps and one update per env step (for distrl: 2 actors, 1 replay shard,
+samples_per_insert 256, i.e. the rate limiter holds the run at one update per env step).
+Reported per seed and on average: the mean return of the last 10 training episodes when each
+system passes 25%, 50% and 100% of the step budget, and the wall time to finish. Ratios: ours /
+SB3 for returns (higher is better) and SB3 / ours for wall time. Both run in this same
+invocation, one after the other, on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Result, parser, print_table, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_ID = "HalfCheetah-v5"
+
+
+def marks_for(steps: int) -> list[int]:
+    return [steps // 4, steps // 2, steps]
+
+
+def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float]:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.set_num_threads(1)
+    marks = marks_for(steps)
+    returns: dict[int, float] = {}
+
+    class Marks(BaseCallback):
+        def _on_step(self) -> bool:
+            t = self.num_timesteps
+            for m in marks:
+                if t >= m and m not in returns:
+                    eps = list(self.model.ep_info_buffer)[-10:]
+                    returns[m] = float(np.mean([e["r"] for e in eps])) if eps else float("nan")
+            return True
+
+    env = gym.make(ENV_ID)
+    model = SAC(
+        "MlpPolicy",
+        env,
+        learning_rate=3e-4,
+        buffer_size=1_000_000,
+        learning_starts=warmup,
+        batch_size=256,
+        tau=0.005,
+        gamma=0.99,
+        train_freq=1,
+        gradient_steps=1,
+        policy_kwargs={"net_arch": [256, 256]},
+        seed=seed,
+        verbose=0,
+    )
+    start = time.perf_counter()
+    model.learn(steps, callback=Marks())
+    return returns, time.perf_counter() - start
+
+
+def run_ours(seed: int, steps: int, warmup: int, workdir: Path) -> tuple[dict[int, float], float]:
+    run_dir = workdir / f"distrl-seed{seed}"
+    argv = [
+        sys.executable, "-m", "distrl.cli", "train", str(ROOT / "configs" / "sac_halfcheetah.yaml"),
+        "--run-dir", str(run_dir), "--no-console", f"seed={seed}", f"train.total_env_steps={steps}",
+        f"actors.warmup_steps={warmup}", f"replay.table.min_size_to_sample={warmup}",
+        "eval.enabled=false", "learner.threads=1",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    episodes: list[tuple[int, float]] = [
+        (r["env_steps"], r["actor/episode_return"]) for r in rows if "actor/episode_return" in r
+    ]
+    returns = {}
+    for m in marks_for(steps):
+        before = [ret for s, ret in episodes if s <= m][-10:]
+        returns[m] = float(np.mean(before)) if before else float("nan")
+    return returns, wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=100_000)
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    steps, warmup = args.steps, 5_000
+    if args.quick:
+        seeds, steps, warmup = seeds[:1], 4_000, 1_000
+    results: list[Result] = []
+    per_system: dict[str, list[tuple[dict[int, float], float]]] = {"ours": [], "sb3": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            per_system["ours"].append(run_ours(seed, steps, warmup, Path(tmp)))
+            per_system["sb3"].append(run_sb3(seed, steps, warmup))
+            print(f"seed {seed}: ours {per_system['ours'][-1]}, sb3 {per_system['sb3'][-1]}", flush=True)
+    for m in marks_for(steps):
+        ours = float(np.mean([r[m] for r, _ in per_system["ours"]]))
+        sb3 = float(np.mean([r[m] for r, _ in per_system["sb3"]]))
+        results.append(Result(f"sac/{ENV_ID}/return@{m}", ours, "return", f"sb3/return@{m}", sb3))
+    ours_wall = float(np.mean([w for _, w in per_system["ours"]]))
+    sb3_wall = float(np.mean([w for _, w in per_system["sb3"]]))
+    results.append(
+        Result(f"sac/{ENV_ID}/wall_time", ours_wall, "s", "sb3/wall_time", sb3_wall, lower_is_better=True)
+    )
+    print_table(results, title=f"learning curve: {len(seeds)} seed(s) x {steps} env steps")
+    config = {"env": ENV_ID, "seeds": seeds, "steps": steps, "warmup": warmup}
+    write_json(args.json, "learning_curve", config, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,7 +81,12 @@ class LearnerConfig(_Strict):
     checkpoint_every: int = Field(10_000, ge=1, description="checkpoint every N updates")
     keep_checkpoints: int = Field(2, ge=1)
     log_every_s: float = Field(2.0, gt=0)
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch CPU threads; 1 keeps a CPU learner from fighting actors for cores "
+        "(None: torch's default, one per core, best on a machine of its own)",
+    )
 
 
 class EvalConfig(_Strict):
@@ -118,6 +123,9 @@ class NetworkConfig(_Strict):
 class TrainConfig(_Strict):
     total_env_steps: int = Field(1_000_000, ge=1)
     max_updates: int | None = Field(None, ge=1, description="stop after this many learner updates")
+    target_eval_return: float | None = Field(
+        None, description="stop early once an evaluation's mean return reaches this"
+    )
 
 
 class ExperimentConfig(_Strict):

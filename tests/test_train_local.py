@@ -175,3 +175,24 @@ def test_actor_killed_with_sigkill_is_restarted(tmp_path: Path):
     assert proc.returncode == 0, output
     assert "actor-0 exited" in output
     assert list((run_dir / "checkpoints").glob("learner-*.pt"))
+
+
+@pytest.mark.slow
+def test_sac_solves_inverted_pendulum_through_the_pipeline(tmp_path: Path):
+    """2 actors, 2 shards, params server, learner, evaluator: eval return >= 900 within 30k env steps."""
+    run_dir = tmp_path / "pendulum"
+    out = distrl(
+        "train",
+        str(ROOT / "configs" / "sac_inverted_pendulum.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--no-console",
+        timeout=1500,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    evals = [(r["env_steps"], r["eval/return_mean"]) for r in rows(run_dir) if "eval/return_mean" in r]
+    assert evals, "no evaluation ran"
+    best_steps, best = max(evals, key=lambda e: e[1])
+    assert best >= 900, f"best eval return {best:.1f} (evaluations: {evals})"
+    assert best_steps <= 30_000 + 2_000  # the budget, plus what actors had in flight
+    assert "solved" in out.stdout

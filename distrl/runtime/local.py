@@ -189,6 +189,11 @@ class LocalLauncher:
             if snap.env_steps >= cfg.train.total_env_steps:
                 self._reason = f"reached {cfg.train.total_env_steps} env steps"
                 return
+            target = cfg.train.target_eval_return
+            solved = snap.last.get("eval/return_mean")
+            if target is not None and solved is not None and solved >= target:
+                self._reason = f"solved: eval return {solved:.1f} >= {target:g} at {snap.env_steps} env steps"
+                return
             learner = self.children["learner"]
             if learner.returncode() == 0:
                 self._reason = "learner finished"

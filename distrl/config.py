@@ -89,6 +89,23 @@ class LearnerConfig(_Strict):
     )
 
 
+class DemosConfig(_Strict):
+    """Demonstrations mixed into learning (RLPD's symmetric sampling by default)."""
+
+    path: Path | None = Field(None, description="a Zarr demonstration store (distrl demos import/collect)")
+    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="share of every learner batch drawn from the demos")
+    placement: Literal["learner", "replay"] = Field(
+        "learner",
+        description="learner: a demo table on the learner's device, mixed into every batch; "
+        "replay: inserted once into the replay table and sampled like online data",
+    )
+
+
+class PretrainConfig(_Strict):
+    bc_steps: int = Field(0, ge=0, description="behaviour-cloning steps on the demos before RL starts")
+    bc_batch_size: int = Field(256, ge=1)
+
+
 class EvalConfig(_Strict):
     enabled: bool = True
     every_updates: int = Field(10_000, ge=1)
@@ -120,6 +137,53 @@ class NetworkConfig(_Strict):
     keepalive: KeepaliveConfig = Field(default_factory=KeepaliveConfig)
 
 
+class LocalRayConfig(_Strict):
+    """The Ray instance the ray launcher starts itself when it is given no cluster to join."""
+
+    num_cpus: int | None = Field(
+        None, ge=1, description="logical CPUs (default: the machine's cores, or enough for every component)"
+    )
+    num_gpus: int | None = Field(None, ge=0, description="GPUs Ray may hand out (default: detected)")
+    object_store_mb: int | None = Field(
+        None, ge=75, description="shared-memory object store (default: Ray's, 30% of memory)"
+    )
+    temp_dir: str | None = Field(
+        None,
+        max_length=40,
+        description="Ray's session directory (default /tmp/ray); short, because Ray's unix sockets "
+        "live under it and a socket path may not exceed 107 bytes",
+    )
+    dashboard: bool = Field(False, description="start Ray's web dashboard (port 8265)")
+
+
+class RayConfig(_Strict):
+    """Placement of the components as Ray actors (`distrl train --launcher ray`)."""
+
+    learner_gpus: float = Field(0.0, ge=0, description="num_gpus of the learner (0: a CPU learner)")
+    learner_cpus: float = Field(1.0, ge=0)
+    actor_cpus: float = Field(1.0, ge=0)
+    replay_cpus: float = Field(1.0, ge=0)
+    params_cpus: float = Field(0.5, ge=0)
+    evaluator_cpus: float = Field(0.5, ge=0)
+    max_restarts: int = Field(
+        20, ge=-1, description="Ray restarts a component that died this many times (-1: without limit)"
+    )
+    replay_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each replay shard and the parameter server need "
+        "(e.g. {replay: 1} for nodes started with --resources='{\"replay\": 4}')",
+    )
+    replay_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="node labels the replay shards and the parameter server must run on "
+        "(a Ray label_selector, e.g. {ray.io/node-group: replay})",
+    )
+    actor_strategy: Literal["SPREAD", "DEFAULT"] = Field(
+        "SPREAD", description="SPREAD places actors across nodes; DEFAULT packs them"
+    )
+    local: LocalRayConfig = Field(default_factory=LocalRayConfig)
+
+
 class TrainConfig(_Strict):
     total_env_steps: int = Field(1_000_000, ge=1)
     max_updates: int | None = Field(None, ge=1, description="stop after this many learner updates")
@@ -136,10 +200,19 @@ class ExperimentConfig(_Strict):
     actors: ActorsConfig = Field(default_factory=ActorsConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    demos: DemosConfig = Field(default_factory=DemosConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _check_demos(self) -> ExperimentConfig:
+        if self.pretrain.bc_steps and self.demos.path is None:
+            raise ValueError("pretrain.bc_steps needs demos.path (the demonstrations to clone)")
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

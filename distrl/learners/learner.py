@@ -24,6 +24,7 @@ from distrl.algos import SpaceSpec, make_algorithm
 from distrl.config import ExperimentConfig
 from distrl.envs import env_spec, make_env
 from distrl.learners import checkpoint as ckpt
+from distrl.learners.demos import DemoTable, split_batch
 from distrl.params import ParamsClient
 from distrl.replay.client import ReplayClient
 from distrl.telemetry import TelemetryReporter
@@ -60,6 +61,14 @@ class Learner:
         latest = ckpt.latest_checkpoint(self.checkpoint_dir)
         if latest is not None:
             self._restore(latest)
+        demos = config.demos
+        self.demos = (
+            DemoTable(demos.path, self.space, self.algo.device, seed=config.seed)
+            if demos.path is not None
+            else None
+        )
+        if config.pretrain.bc_steps and not hasattr(self.algo, "pretrain_bc"):
+            raise ValueError(f"algorithm {config.algo.name!r} has no behaviour-cloning pretraining")
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -100,11 +109,18 @@ class Learner:
             telemetry_addr, source="learner/0", security=sec, interval_s=cfg.telemetry.report_every_s
         )
         utd = int(getattr(getattr(self.algo, "config", None), "utd_ratio", 1))
-        batch_items = cfg.learner.batch_size * utd
+        mix_demos = self.demos is not None and cfg.demos.placement == "learner"
+        online_items, demo_items = split_batch(cfg.learner.batch_size, cfg.demos.ratio if mix_demos else 0.0)
+        batch_items, demo_items = online_items * utd, demo_items * utd
         prioritized = cfg.replay.table.sampler == "prioritized"
         limit = max_updates if max_updates is not None else cfg.train.max_updates
         window = _Window()
         try:
+            if self.demos is not None and cfg.demos.placement == "replay":
+                # In the background: the rate limiter lets the demos in only as the learner samples.
+                threading.Thread(target=self._insert_demos, args=(replay, stop), daemon=True).start()
+            if self.updates == 0 and cfg.pretrain.bc_steps:
+                reporter.report(self._pretrain(stop), updates=0)
             if params is not None:
                 self._publish(params, first=True)
             while not stop.is_set() and (limit is None or self.updates < limit):
@@ -116,7 +132,8 @@ class Learner:
                     continue
                 t1 = time.perf_counter()
                 tensors = self._to_device(batch)
-                metrics = self.algo.update(tensors)
+                demo_batch = self.demos.sample(demo_items) if mix_demos and demo_items else None
+                metrics = self.algo.update(tensors, demo_batch)
                 self.updates += 1
                 if prioritized and "td_error" in getattr(self.algo, "extras", {}):
                     td = self.algo.extras["td_error"].detach().abs().float().cpu().numpy()
@@ -140,6 +157,44 @@ class Learner:
             replay.close()
             reporter.report(window.flush({}), updates=self.updates)
             reporter.close(timeout=2.0)
+
+    def _pretrain(self, stop: threading.Event) -> dict[str, float]:
+        """Behaviour cloning of the policy on the demos before any RL update."""
+        assert self.demos is not None
+        steps, batch = self.config.pretrain.bc_steps, self.config.pretrain.bc_batch_size
+        metrics: dict[str, float] = {}
+        for step in range(steps):
+            if stop.is_set():
+                break
+            metrics = self.algo.pretrain_bc(self.demos.sample(batch))
+            if step % 1000 == 0:
+                log.info("bc step %d/%d: %s", step, steps, metrics)
+        log.info("behaviour cloning done after %d steps: %s", steps, metrics)
+        return {f"pretrain/{k}": v for k, v in metrics.items()}
+
+    def _insert_demos(self, replay: ReplayClient, stop: threading.Event) -> None:
+        """Put the demos into replay once; a restarted learner's resend is recognised by sequence."""
+        assert self.demos is not None
+        data = self.demos.transitions()
+        writer = replay.writer("demos", first_sequence=0)
+        chunk = 256
+        try:
+            start = 0
+            while start < self.demos.size and not stop.is_set():
+                try:
+                    writer.insert({k: v[start : start + chunk] for k, v in data.items()}, timeout=1.0)
+                except TimeoutError:
+                    continue  # the rate limiter holds inserts until the learner samples
+                start += chunk
+            writer.flush(timeout=5.0)
+            log.info("inserted %d demo transitions into replay", self.demos.size)
+        except Exception as exc:  # a background thread must not die silently
+            log.warning("inserting demos into replay failed: %s", exc)
+        finally:
+            try:
+                writer.close(timeout=0)
+            except TimeoutError:
+                pass
 
     def _publish(self, params: ParamsClient, first: bool = False) -> None:
         version = self.updates + 1

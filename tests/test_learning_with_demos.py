@@ -1,0 +1,122 @@
+"""Demonstrations in learning: the learner's demo table, BC pretraining, demos inserted into replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distrl.algos import SpaceSpec
+from distrl.data.format import DemoWriter
+from distrl.envs import make_env
+from distrl.learners.demos import DemoTable, split_batch
+from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "sac_smoke.yaml"
+
+
+def pendulum_demos(path: Path, episodes: int = 4, steps: int = 150) -> Path:
+    """A linear controller that balances InvertedPendulum-v5, recorded as a demo store."""
+    env = make_env("gym:InvertedPendulum-v5", seed=0)
+    writer = DemoWriter(path)
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep)
+        rows: dict[str, list] = {
+            k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+        }
+        for t in range(steps):
+            # gains for the env's [-3, 3] force, expressed in the [-1, 1] action space
+            action = np.clip(np.array([0.5 * obs[0] + 10 * obs[1] + 0.5 * obs[2] + obs[3]]) / 3.0, -1, 1)
+            nxt, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
+            for key, value in zip(
+                rows, (obs, action, reward, nxt, terminated, truncated or t == steps - 1), strict=True
+            ):
+                rows[key].append(value)
+            obs = nxt
+            if terminated:
+                break
+        writer.append_episode(
+            {
+                "obs": np.array(rows["obs"], np.float32),
+                "action": np.array(rows["action"], np.float32),
+                "reward": np.array(rows["reward"], np.float32),
+                "next_obs": np.array(rows["next_obs"], np.float32),
+                "terminated": np.array(rows["terminated"], bool),
+                "truncated": np.array(rows["truncated"], bool),
+            }
+        )
+    writer.close()
+    env.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    return pendulum_demos(tmp_path_factory.mktemp("demos") / "pendulum.zarr")
+
+
+def test_split_batch():
+    assert split_batch(256, 0.5) == (128, 128)
+    assert split_batch(256, 0.0) == (256, 0)
+    assert split_batch(10, 0.25) == (8, 2)
+
+
+def test_demo_table_samples_on_device(demos: Path):
+    table = DemoTable(demos, SpaceSpec(4, 1), torch.device("cpu"))
+    assert table.size == 4 * 150 and table.episodes == 4
+    batch = table.sample(64)
+    assert batch["obs"].shape == (64, 4) and batch["obs"].dtype == torch.float32
+    assert batch["terminated"].dtype == torch.bool
+    assert torch.all(batch["reward"] == 1.0)
+
+
+def test_demo_table_rejects_demos_of_another_env(demos: Path):
+    with pytest.raises(ValueError, match="do not match the env"):
+        DemoTable(demos, SpaceSpec(17, 6), torch.device("cpu"))
+
+
+def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distrl.cli", "train", str(SMOKE), "--run-dir", str(run_dir), "--no-console",
+         "train.total_env_steps=1200", "eval.enabled=false", *overrides],
+        cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_learner_mixes_demos_and_pretrains_with_bc(demos: Path, tmp_path: Path):
+    run_dir = tmp_path / "mixed"
+    out = _train(run_dir, f"demos.path={demos}", "pretrain.bc_steps=200", "pretrain.bc_batch_size=64")
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    assert "learner/pretrain/bc_loss" in keys
+    # online and demo transitions are told apart
+    assert {"learner/q_mean/demo", "learner/q_mean/online", "learner/td_error/demo"} <= keys
+
+
+def test_demos_can_be_inserted_into_replay(demos: Path, tmp_path: Path):
+    run_dir = tmp_path / "in-replay"
+    out = _train(run_dir, f"demos.path={demos}", "demos.placement=replay")
+    assert out.returncode == 0, out.stdout + out.stderr
+    stored = 0
+    for k in range(2):
+        table = read_checkpoint(list_checkpoints(run_dir / "replay" / f"shard-{k}")[-1])["default"]
+        if "demos" in table.last_sequence:
+            stored += 1
+    assert stored == 1
+
+
+def test_bc_pretraining_needs_demos(tmp_path: Path):
+    out = _train(tmp_path / "r", "pretrain.bc_steps=10")
+    assert out.returncode == 2 and "demos.path" in out.stderr

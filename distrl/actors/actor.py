@@ -80,6 +80,7 @@ class Actor:
             interval_s=self.config.telemetry.report_every_s,
         )
         window_start, window_steps = time.monotonic(), 0
+        flushed = False
         try:
             while not stop.is_set() and (max_steps is None or self.steps < max_steps):
                 if subscription is not None:
@@ -114,11 +115,16 @@ class Actor:
                 writer.flush(timeout=10.0)
             except TimeoutError:
                 pass  # unacked batches are lost with this actor; replay keeps everything acked
+            flushed = True
             reporter.report({}, env_steps=self.steps)
         finally:
             if subscription is not None:
                 subscription.close()
-            writer.close()
+            try:
+                # After the flush above, waiting again would only double the shutdown time.
+                writer.close(timeout=0 if flushed else 10.0)
+            except TimeoutError:
+                pass  # batches still unacked are dropped; not a reason to exit with an error
             replay.close()
             if params is not None:
                 params.close()

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 app = typer.Typer(
-    help="Demonstration datasets (Zarr): import from robomimic/D4RL/Minari/LeRobot, inspect.",
+    help="Demonstration datasets (Zarr): import from robomimic/D4RL/Minari/LeRobot, collect, inspect.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -176,3 +176,92 @@ def inspect_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(report.to_json()) if json_out else format_report(report))
+
+
+@app.command("collect")
+def collect_command(
+    env_id: Annotated[str, typer.Argument(help="the env to collect in, e.g. robosuite:Lift")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the Zarr store to create (e.g. lift.zarr)")],
+    episodes: Annotated[int, typer.Option("--episodes", "-n", min=1, help="episodes to keep")] = 10,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="'scripted' (robosuite Lift, PickPlaceCan) or a run directory (its newest checkpoint)",
+        ),
+    ] = "scripted",
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="a learner-*.pt to use instead of the run's newest")
+    ] = None,
+    noise: Annotated[
+        float, typer.Option("--noise", min=0.0, help="std of Gaussian noise added to every action")
+    ] = 0.0,
+    keep_failures: Annotated[
+        bool, typer.Option("--keep-failures", help="also keep episodes that did not succeed")
+    ] = False,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            help="stop after this many episodes run "
+            "(default: 3 x --episodes, or --episodes with --keep-failures)",
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps",
+            min=1,
+            help="episode length "
+            "(default: 80 for scripted Lift, 200 for scripted PickPlaceCan, else the env's or the run's)",
+        ),
+    ] = None,
+    stop_on_success: Annotated[
+        bool, typer.Option("--stop-on-success", help="end each episode at its first successful step")
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="rollout processes")] = 1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="attempt i resets with seed + i")] = 0,
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Roll out a scripted controller or a trained run's policy and write the episodes (success kept)."""
+    from distrl.data.collect import collect, plan_collection
+    from distrl.data.format import DatasetError
+
+    try:
+        plan = plan_collection(
+            env_id,
+            episodes=episodes,
+            policy=policy,
+            checkpoint=checkpoint,
+            max_steps=max_steps,
+            max_attempts=max_attempts,
+            seed=seed,
+            noise=noise,
+            keep_failures=keep_failures,
+            stop_on_success=stop_on_success,
+        )
+        result = collect(plan, out, workers=workers, overwrite=overwrite, progress=not quiet)
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    rate = (
+        ""
+        if result.success_rate is None
+        else (f"; success rate {result.success_rate:.0%} ({result.successes}/{result.attempts})")
+    )
+    typer.echo(
+        f"wrote {result.path}: {result.episodes} episodes, {result.steps:,} steps from {result.attempts} "
+        f"attempts in {result.seconds:.1f} s{rate}"
+    )
+    if result.interrupted:
+        typer.echo("interrupted: the store holds the episodes kept so far", err=True)
+        raise typer.Exit(130)
+    if not result.complete:
+        typer.echo(
+            f"warning: kept only {result.episodes} of {result.wanted} episodes in "
+            f"{result.attempts} attempts (--max-attempts)",
+            err=True,
+        )
+        raise typer.Exit(1)

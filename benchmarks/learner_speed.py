@@ -19,9 +19,6 @@ else holds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,27 +32,10 @@ import torch
 
 from distrl.algos import SpaceSpec, make_algorithm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Result, print_table, write_json
+
 OBS_DIM, ACTION_DIM, BATCH = 17, 6, 256
-
-
-@dataclass
-class Result:
-    name: str
-    value: float
-    unit: str
-    baseline: str | None = None
-    baseline_value: float | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        ratio = None if not self.baseline_value else self.value / self.baseline_value
-        return {
-            "name": self.name,
-            "value": self.value,
-            "unit": self.unit,
-            "baseline": self.baseline,
-            "baseline_value": self.baseline_value,
-            "ratio": ratio,
-        }
 
 
 @dataclass
@@ -66,25 +46,6 @@ class Settings:
     capacity: int
     rlpd_utd: int
     threads: list[int] = field(default_factory=list)
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 # ---- ours
@@ -296,25 +257,6 @@ def cuda_results(settings: Settings) -> list[Result]:
     return results
 
 
-def print_table(results: list[Result]) -> None:
-    rows = [
-        (r.name, f"{r.value:,.1f}", r.unit, r.baseline or "-", _fmt(r.baseline_value), _ratio(r))
-        for r in results
-    ]
-    header = ("name", "value", "unit", "baseline", "baseline value", "ratio")
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
-
-
-def _ratio(result: Result) -> str:
-    return "-" if not result.baseline_value else f"{result.value / result.baseline_value:.2f}x"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run for CI smoke tests")
@@ -354,16 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         **extra,
     }
-    if args.json:
-        report = {
-            "benchmark": "learner_speed",
-            "machine": machine_info(),
-            "config": config,
-            "results": [r.as_json() for r in results],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    write_json(args.json, "learner_speed", config, results)
     return 0
 
 

@@ -141,7 +141,12 @@ class Learner:
                 staleness = self.version - batch.policy_version
                 window.add(metrics, wait_s=t1 - t0, step_s=time.perf_counter() - t1, staleness=staleness)
                 if params is not None and self.updates % cfg.learner.publish_every == 0:
-                    self._publish(params)
+                    try:
+                        self._publish(params)
+                    except grpc.RpcError as exc:  # a params outage skips a publish, never the learning
+                        if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                            raise
+                        log.warning("publish skipped: parameter server unavailable (%s)", exc.code().name)
                 if self.updates % cfg.learner.checkpoint_every == 0:
                     self.save()
                 if window.elapsed() >= cfg.telemetry.report_every_s:

@@ -20,7 +20,17 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue the run in this directory where it stopped")
     ] = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="local (subprocesses)")] = "local",
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="local (subprocesses) or ray (Ray actors on a Ray cluster)")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="ray: the cluster to join (HOST:6379, ray://HOST:10001, auto); default RAY_ADDRESS, "
+            "else a Ray instance started on this machine",
+        ),
+    ] = None,
     no_console: Annotated[
         bool, typer.Option("--no-console", help="plain log lines, no live display")
     ] = False,
@@ -28,6 +38,7 @@ def train(
     """Train: start replay shards, a parameter server, a learner, actors and an evaluator."""
     from distrl.config import ConfigError, load_config
     from distrl.runtime.local import LocalLauncher
+    from distrl.runtime.process import ComponentFailed
 
     overrides = list(overrides or [])
     if resume is not None:
@@ -46,15 +57,73 @@ def train(
         raise typer.Exit(2) from None
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if launcher != "local":
-        typer.echo(f"error: unknown launcher {launcher!r} (available: local)", err=True)
+    if launcher not in ("local", "ray"):
+        typer.echo(f"error: unknown launcher {launcher!r} (available: local, ray)", err=True)
+        raise typer.Exit(2)
+    if address is not None and launcher != "ray":
+        typer.echo("error: --address is for --launcher ray", err=True)
         raise typer.Exit(2)
     typer.echo(f"run directory: {run_dir}")
-    result = LocalLauncher(cfg, run_dir, console=False if no_console else None).run()
+    console = False if no_console else None
+    if launcher == "ray":
+        try:
+            from distrl.runtime.ray import RayLauncher
+        except ModuleNotFoundError as exc:
+            if exc.name != "ray" and not (exc.name or "").startswith("ray."):
+                raise
+            typer.echo(f"error: the ray launcher needs Ray: pip install 'distrl[ray]' ({exc})", err=True)
+            raise typer.Exit(2) from None
+        run = RayLauncher(cfg, run_dir, address=address, console=console).run
+    else:
+        run = LocalLauncher(cfg, run_dir, console=console).run
+    try:
+        result = run()
+    except ComponentFailed as exc:
+        typer.echo(f"error: {exc}; resume with: distrl train --resume {run_dir}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(
         f"stopped ({result.reason}) at {result.env_steps} env steps, {result.updates} updates; "
         f"resume with: distrl train --resume {result.run_dir}"
     )
+
+
+def scale(
+    run_dir: Annotated[Path, typer.Argument(help="the directory of a running run")],
+    actors: Annotated[int, typer.Option("--actors", min=1, help="the number of actors wanted")],
+    wait_s: Annotated[
+        float, typer.Option("--wait-s", min=0.1, help="how long to wait for the launcher to take the request")
+    ] = 30.0,
+) -> None:
+    """Change the number of actors of a running run (local or ray launcher); the learner keeps going."""
+    from distrl.config import ConfigError, load_config
+    from distrl.runtime import scaling
+
+    if not (run_dir / CONFIG_FILE).is_file():
+        typer.echo(f"error: {run_dir / CONFIG_FILE} not found: not a distrl run directory", err=True)
+        raise typer.Exit(2)
+    try:
+        scaling.check_actor_count(load_config(run_dir / CONFIG_FILE), actors)
+    except (ConfigError, scaling.ScaleRequestError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    scaling.request_scale(run_dir, actors)
+    deadline = time.monotonic() + wait_s
+    while scaling.pending(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if scaling.pending(run_dir):
+        try:
+            (run_dir / scaling.SCALE_FILE).unlink()
+        except FileNotFoundError:
+            pass  # taken just now
+        else:
+            typer.echo(
+                f"error: no launcher took the request within {wait_s:g}s; is the run in {run_dir} going? "
+                "Nothing changed. (A stopped run: "
+                f"distrl train --resume {run_dir} actors.num_actors={actors})",
+                err=True,
+            )
+            raise typer.Exit(1)
+    typer.echo(f"{run_dir}: scaling to {actors} actors")
 
 
 def evaluate_run(

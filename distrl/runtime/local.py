@@ -25,6 +25,7 @@ import yaml
 
 from distrl.config import ExperimentConfig
 from distrl.replay.config import ReplayShardConfig
+from distrl.runtime import scaling
 from distrl.runtime.process import ChildProcess, ComponentFailed, distrl_argv
 from distrl.telemetry import Coordinator
 from distrl.wire import start_server
@@ -66,6 +67,9 @@ class LocalLauncher:
         self.run_dir = Path(run_dir)
         self.console = config.telemetry.console if console is None else console
         self.children: dict[str, ChildProcess] = {}
+        # Actors stopped by `distrl scale`: waited for at shutdown.
+        self._retired: list[ChildProcess] = []
+        self._common: list[str] = []
         self._stop = threading.Event()
         self._reason = "stopped"
 
@@ -75,6 +79,7 @@ class LocalLauncher:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
         (self.run_dir / CONFIG_FILE).write_text(self.config.to_yaml())
+        scaling.discard_scale_request(self.run_dir)
         progress = self.run_dir / PROGRESS_FILE
         return json.loads(progress.read_text()) if progress.exists() else None
 
@@ -155,7 +160,7 @@ class LocalLauncher:
         display = coordinator.console() if self.console else None
         try:
             replay, params = self._start_servers()
-            common = self._component_args(replay, params, coord_server.address)
+            common = self._common = self._component_args(replay, params, coord_server.address)
             self._child("learner", ["serve", "learner", *common, "--run-dir", str(self.run_dir)], False, True)
             for i in range(cfg.actors.num_actors):
                 self._child(f"actor-{i}", ["serve", "actor", *common, "--index", str(i)], False, True)
@@ -198,6 +203,7 @@ class LocalLauncher:
             if learner.returncode() == 0:
                 self._reason = "learner finished"
                 return
+            self._poll_scale_request(coordinator)
             now = time.monotonic()
             for child in self.children.values():
                 if child.alive():
@@ -219,9 +225,32 @@ class LocalLauncher:
                     child.start()
                     coordinator.note(f"{child.name} restarted ({child.restarts})")
 
+    def _poll_scale_request(self, coordinator: Coordinator) -> None:
+        try:
+            request = scaling.take_scale_request(self.run_dir)
+            if request is None:
+                return
+            scaling.check_actor_count(self.config, request.actors)
+        except scaling.ScaleRequestError as exc:
+            log.warning("scale request refused: %s", exc)
+            coordinator.note(f"scale request refused: {exc}")
+            return
+        actors = sorted((n for n in self.children if n.startswith("actor-")), key=lambda n: int(n[6:]))
+        for i in range(request.actors):
+            name = f"actor-{i}"
+            if name not in self.children:
+                self._child(name, ["serve", "actor", *self._common, "--index", str(i)], False, True).start()
+        for name in actors[request.actors :]:
+            child = self.children.pop(name)
+            child.terminate()  # it flushes what it holds and exits; waited for at shutdown
+            self._retired.append(child)
+        self.config = scaling.record_actor_count(self.run_dir, self.config, request.actors)
+        log.warning("scaled actors %d -> %d", len(actors), request.actors)
+        coordinator.note(f"scaled actors {len(actors)} -> {request.actors}")
+
     def _shutdown(self) -> None:
         order = [
-            [c for n, c in self.children.items() if n.startswith(("actor-", "evaluator"))],
+            [*self._retired, *(c for n, c in self.children.items() if n.startswith(("actor-", "evaluator")))],
             [c for n, c in self.children.items() if n == "learner"],
             [c for n, c in self.children.items() if n.startswith("replay-") or n == "params"],
         ]

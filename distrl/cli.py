@@ -34,11 +34,13 @@ def _register() -> None:
     # Component modules keep their heavy imports inside the command bodies, so
     # `distrl --help` stays fast.
     from distrl.actors import cli as actors_cli
+    from distrl.data import cli as data_cli
     from distrl.envs import cli as envs_cli
     from distrl.learners import cli as learners_cli
     from distrl.params import cli as params_cli
     from distrl.replay import cli as replay_cli
     from distrl.runtime import cli as runtime_cli
+    from distrl.runtime import k8s_cli
     from distrl.telemetry import cli as telemetry_cli
 
     serve_app.command("replay")(replay_cli.serve_replay)
@@ -49,9 +51,12 @@ def _register() -> None:
     serve_app.command("evaluator")(actors_cli.serve_evaluator)
     app.command("train")(runtime_cli.train)
     app.command("eval")(runtime_cli.evaluate_run)
+    app.command("scale")(runtime_cli.scale)
     app.add_typer(replay_cli.app, name="replay")
     app.add_typer(params_cli.app, name="params")
     app.add_typer(envs_cli.app, name="envs")
+    app.add_typer(k8s_cli.app, name="k8s")
+    app.add_typer(data_cli.app, name="demos")
 
 
 _register()

@@ -5,18 +5,22 @@ bytes-streaming service, so the baseline moves messages of the same size
 between the same two processes with no replay work at all:
 
 - insert/*: HalfCheetah-sized transitions (obs 17, action 6, reward, next_obs,
-  terminated, truncated) in batches of 64 through `ReplayWriter`s (acked bidi
-  streams), vs. raw bytes client->server on a bidi stream with a one-byte ack
-  per message (the Insert RPC's shape);
-- sample/*: batches of 256 through `ReplayClient.sample` with prefetch, vs. raw
-  bytes server->client on a server stream.
+  terminated, truncated) in batches of 64 through `ReplayWriter`s (packed rows
+  on acked bidi streams), vs. raw bytes client->server on a bidi stream with a
+  one-byte ack per message (the Insert RPC's shape);
+- sample/*: batches of 256 through `ReplayClient.sample` with prefetch and its
+  credit window (`--sample-window`), vs. raw bytes server->client on a server
+  stream. Messages on both sides are the size of one packed SampleBatch.
+
+The raw streams are unbounded: the replay client's credit (which bounds how far
+sampling runs ahead of the learner) is part of what is measured.
 
 Rounds alternate raw and replay measurements and the medians are reported, since
 other work on a shared machine slows single rounds. The */cpu_us_per_batch rows
 give each process's CPU time per message beside the raw stream's: where the
 time goes.
 
-    python benchmarks/replay_throughput.py [--quick] [--json out.json] [--shards K]
+    python benchmarks/replay_throughput.py [--quick] [--json out.json] [--shards K] [--sample-window N]
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from common import Result, parser, print_table, write_json  # noqa: E402  (bench
 
 from distrl.replay.client import ReplayClient, home_shard  # noqa: E402
 from distrl.replay.config import ReplayShardConfig, TableConfig  # noqa: E402
-from distrl.replay.messages import encode_sample_batch, encode_transition_batch  # noqa: E402
+from distrl.replay.messages import encode_sample_batch, pack_transition_batch  # noqa: E402
+from distrl.replay.rows import RowLayout  # noqa: E402
 
 OBS, ACT = 17, 6
 RAW_SERVICE = "distrl.bench.RawBytes"
@@ -273,25 +278,24 @@ def run(args: argparse.Namespace) -> tuple[dict, list[Result]]:
     rounds = 2 if args.quick else args.rounds
     rng = np.random.default_rng(0)
     insert_batch = transitions(args.insert_batch, rng)
-    insert_msg = encode_transition_batch(insert_batch, table="default", actor_id="bench-0", policy_version=1)
+    # The messages exactly as a writer and a uniform table send them.
+    insert_msg = pack_transition_batch(insert_batch, table="default", actor_id="bench-0", policy_version=1)
     insert_msg.sequence = time.time_ns() // 1000
     insert_size = insert_msg.ByteSize()
     n = args.sample_batch
-    sample_size = encode_sample_batch(
-        "default",
-        keys=np.arange(n, dtype=np.int64),
-        probabilities=np.full(n, 1.0 / n),
-        weights=None,  # uniform sampling sends none
-        policy_version=np.ones(n, dtype=np.int64),
-        fields=transitions(n, rng),
-        table_size=n,
-    ).ByteSize()
+    layout = RowLayout.pack(
+        ((name, a.dtype, a.shape[1:]) for name, a in insert_batch.items()), with_meta=True
+    )
+    sample_size = len(
+        encode_sample_batch("default", np.zeros((n, layout.row_bytes), dtype=np.uint8), layout, args.prefill)
+    )
 
     procs, addresses = start_servers(args.shards, args.capacity)
     pids = [p.pid for p in procs]
     phases = {name: Phase() for name in ("raw_up", "insert", "raw_down", "sample")}
     try:
-        client = ReplayClient(addresses, prefetch=args.prefetch)
+        client = ReplayClient(addresses, prefetch=args.prefetch, sample_window=args.sample_window)
+        client_window = client.sample_window
         fill = transitions(1024, rng)
         for i in range(args.shards):
             with client.writer(_actor_with_home(i, args.shards)) as w:
@@ -365,6 +369,7 @@ def run(args: argparse.Namespace) -> tuple[dict, list[Result]]:
         "insert_batch": args.insert_batch,
         "sample_batch": n,
         "prefetch": args.prefetch,
+        "sample_window": client_window,
         "seconds_per_round": seconds,
         "rounds": rounds,
         "capacity": args.capacity,
@@ -394,6 +399,12 @@ def main() -> None:
     p.add_argument("--insert-batch", type=int, default=64)
     p.add_argument("--sample-batch", type=int, default=256)
     p.add_argument("--prefetch", type=int, default=4)
+    p.add_argument(
+        "--sample-window",
+        type=int,
+        default=None,
+        help="learner batches a shard may sample ahead of the learner (default: the client's, 4 x prefetch)",
+    )
     p.add_argument("--capacity", type=int, default=1_000_000)
     p.add_argument("--prefill", type=int, default=100_000)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -29,9 +29,24 @@ def actor_with_home(home: int, num_shards: int, prefix: str = "actor") -> str:
 # -- pure helpers --------------------------------------------------------------------------------
 
 
-def test_home_shard_is_a_stable_crc32():
-    assert home_shard("actor-7", 5) == zlib.crc32(b"actor-7") % 5
+def test_home_shard_is_a_stable_crc32_that_spreads_numbered_actors():
+    # Numbered ids: crc32 of the prefix, plus the index.
+    assert home_shard("actor-7", 5) == (zlib.crc32(b"actor") + 7) % 5
+    assert home_shard("host-a-12", 4) == (zlib.crc32(b"host-a") + 12) % 4
+    # Other ids: crc32 of the whole id.
+    assert home_shard("learner", 5) == zlib.crc32(b"learner") % 5
+    assert home_shard("actor-x", 3) == zlib.crc32(b"actor-x") % 3
+    assert home_shard("actor-", 3) == zlib.crc32(b"actor-") % 3
     assert {home_shard(f"a{i}", 3) for i in range(50)} == {0, 1, 2}
+
+
+def test_consecutive_actors_spread_evenly_over_shards():
+    homes = [home_shard(f"actor-{i}", 2) for i in range(4)]
+    assert sorted(homes) == [0, 0, 1, 1]
+    assert homes[0] != homes[1]  # neighbours never share a shard
+    # Any K: K consecutive actors cover every shard once.
+    for k in (3, 5, 8):
+        assert sorted(home_shard(f"actor-{i}", k) for i in range(10, 10 + k)) == list(range(k))
 
 
 @pytest.mark.parametrize(
@@ -180,6 +195,49 @@ def test_sampler_keeps_waiting_through_rate_limiter_timeouts():
         with client.writer("actor-0") as w:
             w.insert(batch(range(60)))
         check_rows(client.sample(16, timeout=5).fields)
+
+
+def _settled(read, quiet_s: float = 0.4, timeout: float = 10.0) -> int:
+    """`read()` once it has stopped changing for `quiet_s`."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        again = read()
+        if again == value:
+            return value
+        value = again
+    raise AssertionError(f"still changing after {timeout}s (last {value})")
+
+
+def test_sampling_runs_at_most_the_credit_window_ahead_of_the_learner():
+    # The rate limiter alone would let sampling run ~25,000 batches ahead (an error buffer of 800k
+    # samples): only the client's credit window stops the shard once the learner stops taking.
+    with (
+        shard(capacity=10_000, samples_per_insert=16.0, min_size_to_sample=10, error_buffer=800_000.0) as (
+            _,
+            running,
+        ),
+        ReplayClient([running.address], prefetch=2) as client,
+    ):
+        with client.writer("actor-0") as w:
+            w.insert(batch(range(1000)))
+        table = lambda: client.info()[0].table("default")  # noqa: E731
+        consumed = sum(len(client.sample(32, timeout=5)) for _ in range(20))
+        # The learner stops taking batches; the shard stops within the window.
+        window = client.sample_window * 32
+        samples = _settled(lambda: table().samples)
+        assert consumed < samples <= consumed + window, (consumed, samples, window)
+        # Taking batches again grants more: the learner never starves.
+        consumed += sum(len(client.sample(32, timeout=5)) for _ in range(3 * client.sample_window))
+        samples = _settled(lambda: table().samples)
+        assert consumed < samples <= consumed + window, (consumed, samples, window)
+        assert client.sampler_stats().grants > 2
+
+
+def test_sample_window_is_checked():
+    with pytest.raises(ValueError, match="sample_window"):
+        ReplayClient(["127.0.0.1:1"], sample_window=1)
 
 
 # -- several shards -------------------------------------------------------------------------------

@@ -3,6 +3,17 @@
 A `Table` is ring storage x sampler (uniform / prioritized) x FIFO remover x
 rate limiter; a `ReplayShard` serves named tables (`serve_replay_shard`, or
 `distrl serve replay`); a `ReplayClient` writes to and samples from K shards.
+
+Items travel and are stored as packed rows (`rows.RowLayout`): each item's
+fields, key and policy version in one row of bytes. A writer packs its batch's
+columns into rows; the shard checks them (names, dtypes and shapes once per
+layout, finite values every batch) and copies them into storage as a block; a
+sample is the gathered storage rows, sent as one tensor that the client views
+field by field without copying. Sampling is paced by credit: a shard streams
+at most `sample_window` learner batches ahead of what the learner has taken,
+so transport buffers cannot run the rate limiter ahead (see `sampler`).
+Actors `<name>-<i>` spread over shards by index (`writer.home_shard`).
+
 Attributes load on first use so `distrl --help` stays fast.
 """
 

@@ -6,6 +6,7 @@ Heavy imports (grpc, numpy, zarr) stay inside the command bodies so `distrl --he
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,8 +39,10 @@ def load_shard_config(
     table: str | None = None,
     table_overrides: dict[str, Any] | None = None,
     shard_overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+    base_source: str = "command line",
 ):
-    """A ReplayShardConfig from an optional YAML file plus command-line overrides.
+    """A ReplayShardConfig from an optional YAML file (or `base` values) plus command-line overrides.
 
     Table flags apply to the table named `table` (the only table when there is one;
     a new table of that name when the file has none). Raises ValueError naming the
@@ -50,8 +53,8 @@ def load_shard_config(
 
     from distrl.replay.config import ReplayShardConfig
 
-    data: dict[str, Any] = {}
-    source = "command line"
+    data: dict[str, Any] = dict(base or {})
+    source = base_source
     if config_file is not None:
         source = str(config_file)
         try:
@@ -104,11 +107,42 @@ def load_shard_config(
         raise ValueError(f"{source}: {problems}") from None
 
 
+def _pod_ordinal() -> int:
+    """A StatefulSet pod's ordinal (`replay-3` -> 3) from POD_NAME/HOSTNAME; 0 elsewhere."""
+    tail = (os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")).rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def shard_values_from_experiment(path: Path, checkpointing: bool) -> dict[str, Any]:
+    """ReplayShardConfig values from an experiment config's `replay` section.
+
+    The seed differs per shard as under the local launcher (seed * 1000 + shard index, the index
+    taken from the pod name). `checkpoint_every_s` only applies when the shard has a checkpoint
+    directory. Raises ValueError (a ConfigError) naming the bad key.
+    """
+    from distrl.config import load_config
+
+    experiment = load_config(path)
+    return {
+        "tables": [experiment.replay.table.model_dump(mode="json")],
+        "checkpoint_every_s": experiment.replay.checkpoint_every_s if checkpointing else None,
+        "seed": experiment.seed * 1000 + _pod_ordinal(),
+    }
+
+
 def serve_replay(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = DEFAULT_PORT,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML file of a ReplayShardConfig (tables, checkpointing)")
+    ] = None,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(
+            "--experiment",
+            help="experiment config YAML: take the table, checkpoint interval and seed from its replay "
+            "section (instead of --config; the flags below still override)",
+        ),
     ] = None,
     table: Annotated[str | None, typer.Option("--table", help="table the table flags below apply to")] = None,
     capacity: Annotated[int | None, typer.Option("--capacity", help="items the table holds (FIFO)")] = None,
@@ -151,9 +185,17 @@ def serve_replay(
     Prints `listening on HOST:PORT` first; SIGTERM writes a final checkpoint (with
     --checkpoint-dir) and exits 0.
     """
+    if config is not None and experiment is not None:
+        typer.echo("error: give --config or --experiment, not both", err=True)
+        raise typer.Exit(2)
     try:
+        base = None
+        if experiment is not None:
+            base = shard_values_from_experiment(experiment, checkpointing=checkpoint_dir is not None)
         shard_config = load_shard_config(
             config,
+            base=base,
+            base_source=str(experiment) if experiment is not None else "command line",
             table=table,
             table_overrides={
                 "capacity": capacity,

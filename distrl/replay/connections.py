@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+import grpc.experimental
 from grpc_health.v1 import health_pb2_grpc
 
 from distrl.proto.v1 import replay_pb2_grpc
@@ -21,6 +22,11 @@ FATAL_CODES = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
+# A feed thread reads each Sample call: letting it poll the call itself, instead of waiting for
+# gRPC's channel-spin thread to hand every message over, saves a thread switch per message
+# (about a fifth of a sampled batch's client CPU).
+_CHANNEL_OPTIONS = ((grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),)
+
 # Status codes that mean "this batch is bad", not "this shard is bad".
 REJECTED_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
@@ -41,7 +47,7 @@ class ShardConnection:
     def open(
         cls, index: int, address: str, security: SecurityConfig | None, keepalive: KeepaliveConfig | None
     ) -> ShardConnection:
-        channel = open_channel(address, security, keepalive)
+        channel = open_channel(address, security, keepalive, extra_options=_CHANNEL_OPTIONS)
         return cls(
             index, address, channel, replay_pb2_grpc.ReplayStub(channel), health_pb2_grpc.HealthStub(channel)
         )

@@ -1,18 +1,36 @@
 """Replay messages <-> numpy, on the hot paths of Insert and Sample.
 
-These produce and accept exactly what `distrl.wire.codec` does (same Tensor
-messages, same checks); they exist because per-tensor Python overhead is most
-of the cost of a 256-item SampleBatch, so they fill messages in place, cache
-dtype tags and skip work the generic codec must do for arbitrary input.
+Batches travel packed: one `uint8 [n, row_bytes]` Tensor of rows plus a
+`RowLayout` (`distrl.replay.rows`). A sampled batch is the table's gathered
+storage rows, sent as they are; the reader turns the layout into a numpy
+structured dtype, so decoding is `np.frombuffer` and every field (and the keys
+and policy versions) is a zero-copy view. Per-tensor Python overhead used to be
+most of the cost of a 256-item batch; one tensor per message removes it.
+TransitionBatch also keeps its one-Tensor-per-field form (`encode_transition_batch`)
+for clients that do not pack.
+
+Layouts are converted once and cached: per table on the sending side, per
+distinct layout message on the receiving side (a bounded cache, since the
+server reads layouts from untrusted actors).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from distrl.proto.v1 import replay_pb2, tensor_pb2
+from distrl.replay.rows import (
+    KEYS,
+    META_COLUMNS,
+    POLICY_VERSION,
+    LayoutError,
+    PackedBatch,
+    RowColumn,
+    RowLayout,
+)
 from distrl.wire.codec import (
     CompressionName,
     TensorDecodeError,
@@ -22,11 +40,10 @@ from distrl.wire.codec import (
     encode,
 )
 
-# Sent in SampleBatch.fields beside the table's own fields; the spec reserves the name.
-WEIGHTS_FIELD = "weights"
-
 _DTYPE_BY_TAG: dict[int, np.dtype] = {}
 _TAG_BY_DTYPE: dict[np.dtype, int] = {}
+_UINT8 = tensor_pb2.UINT8
+_MAX_CACHED_LAYOUTS = 64
 
 
 def _tag(dtype: np.dtype) -> int:
@@ -65,73 +82,244 @@ def fast_decode(tensor: tensor_pb2.Tensor, name: str) -> np.ndarray:
         return decode(tensor, name=name)
 
 
+# -- row layouts ------------------------------------------------------------------------------------
+
+_LAYOUT_MSGS: dict[int, tuple[RowLayout, replay_pb2.RowLayout]] = {}
+_LAYOUTS: dict[bytes, RowLayout] = {}
+
+
+def layout_to_proto(layout: RowLayout) -> replay_pb2.RowLayout:
+    """The (cached, shared: do not modify) message of a layout."""
+    cached = _LAYOUT_MSGS.get(id(layout))
+    if cached is None or cached[0] is not layout:
+        msg = replay_pb2.RowLayout(
+            row_bytes=layout.row_bytes,
+            columns=[
+                replay_pb2.RowColumn(name=c.name, dtype=_tag(c.dtype), shape=c.shape, offset=c.offset)
+                for c in layout.columns
+            ],
+        )
+        if len(_LAYOUT_MSGS) >= _MAX_CACHED_LAYOUTS:
+            _LAYOUT_MSGS.clear()
+        cached = _LAYOUT_MSGS[id(layout)] = (layout, msg)
+    return cached[1]
+
+
+def layout_from_proto(msg: replay_pb2.RowLayout) -> RowLayout:
+    """A checked RowLayout (cached by the message's bytes); LayoutError names a bad column."""
+    key = msg.SerializeToString()
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        columns = []
+        for c in msg.columns:
+            try:
+                dtype = dtype_from_proto(c.dtype)
+            except TensorDecodeError as exc:
+                raise LayoutError(c.name, str(exc)) from None
+            columns.append(RowColumn(c.name, dtype, tuple(int(s) for s in c.shape), int(c.offset)))
+        layout = RowLayout(tuple(columns), int(msg.row_bytes))
+        layout.check()
+        if len(_LAYOUTS) >= _MAX_CACHED_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+def _decode_rows(tensor: tensor_pb2.Tensor, layout: RowLayout) -> np.ndarray:
+    """The (n, row_bytes) uint8 rows of a message (a view of its bytes when uncompressed)."""
+    if tensor.dtype != _UINT8 or len(tensor.shape) != 2 or tensor.shape[1] != layout.row_bytes:
+        raise LayoutError(
+            "rows",
+            f"rows must be uint8 [n, {layout.row_bytes}] as the layout says, got dtype enum "
+            f"{tensor.dtype} shape {list(tensor.shape)}",
+        )
+    return fast_decode(tensor, "rows")
+
+
+# -- Sample -----------------------------------------------------------------------------------------
+
+
 def encode_sample_batch(
     table: str,
-    keys: np.ndarray,
-    probabilities: np.ndarray,
-    weights: np.ndarray | None,
-    policy_version: np.ndarray,
-    fields: dict[str, np.ndarray],
+    rows: np.ndarray,
+    layout: RowLayout,
     table_size: int,
-) -> replay_pb2.SampleBatch:
-    """A SampleBatch message; importance weights travel as the reserved `weights` field.
+    probabilities: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> bytes:
+    """A serialized SampleBatch of gathered storage rows ((n, row_bytes) uint8, C order).
 
-    `weights=None` (uniform sampling: all ones) sends none; the reader fills in ones.
+    `probabilities`/`weights` None (uniform sampling) send none: the reader fills
+    in 1 / table_size and ones. Written by hand rather than through a message
+    object: the rows are copied once, into the result, instead of four times
+    (tobytes, the Tensor, the SampleBatch, serializing), and everything but the
+    rows and the table size is the same for every batch of a table, so it is
+    cached. Fields are in no particular order, which protobuf allows;
+    `SampleBatch.FromString` reads it.
     """
-    msg = replay_pb2.SampleBatch(table=table, table_size=table_size)
-    fill_tensor(msg.keys, keys)
-    fill_tensor(msg.probabilities, probabilities)
-    fill_tensor(msg.policy_version, policy_version)
-    out = msg.fields
-    for name, array in fields.items():
-        fill_tensor(out[name], array)
+    data = memoryview(np.ascontiguousarray(rows).reshape(-1))
+    parts = [_sample_prefix(table, layout, rows.shape), data, b"\x20", _varint(table_size)]  # + field 4
+    if probabilities is not None:
+        parts.append(_tensor_field(3, probabilities))
     if weights is not None:
-        fill_tensor(out[WEIGHTS_FIELD], weights)
-    return msg
+        parts.append(_tensor_field(9, weights))
+    return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes([i]) for i in range(0x80)]
+_PREFIXES: dict[tuple[str, int, tuple[int, int]], tuple[RowLayout, bytes]] = {}
+
+
+def _sample_prefix(table: str, layout: RowLayout, shape: tuple[int, int]) -> bytes:
+    """SampleBatch fields 1 (table) and 8 (layout), and field 7 (rows) up to its data."""
+    key = (table, id(layout), shape)
+    cached = _PREFIXES.get(key)
+    if cached is None or cached[0] is not layout:
+        name = table.encode()
+        layout_bytes = layout_to_proto(layout).SerializeToString()
+        n, row_bytes = shape
+        dims = _varint(n) + _varint(row_bytes)
+        # Tensor{dtype: UINT8, shape: [n, row_bytes] (packed), data: <n * row_bytes bytes>}
+        tensor_head = (
+            b"\x08" + _varint(_UINT8) + b"\x12" + _varint(len(dims)) + dims + b"\x1a" + _varint(n * row_bytes)
+        )
+        prefix = b"".join(
+            (
+                b"\x0a" + _varint(len(name)) + name,
+                b"\x42" + _varint(len(layout_bytes)) + layout_bytes,
+                b"\x3a" + _varint(len(tensor_head) + n * row_bytes) + tensor_head,
+            )
+        )
+        if len(_PREFIXES) >= _MAX_CACHED_LAYOUTS:
+            _PREFIXES.clear()
+        cached = _PREFIXES[key] = (layout, prefix)
+    return cached[1]
+
+
+def _tensor_field(number: int, array: np.ndarray) -> bytes:
+    tensor = tensor_pb2.Tensor()
+    fill_tensor(tensor, array)
+    body = tensor.SerializeToString()
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
 
 
 @dataclass
 class DecodedSample:
-    """One SampleBatch message as arrays; `columns` holds the fields plus per-item metadata."""
+    """One SampleBatch message: its rows as a structured array (fields, keys, policy_version)."""
 
-    columns: dict[str, np.ndarray]
+    rows: np.ndarray  # 1-D structured, dtype layout.numpy_dtype
+    layout: RowLayout
     table_size: int
+    # None for uniform sampling (1 / table_size each, weight 1).
+    probabilities: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
     @property
     def size(self) -> int:
-        return len(self.columns["keys"])
+        return len(self.rows)
 
-
-_ONES: dict[int, np.ndarray] = {}
-
-
-def uniform_weights(n: int) -> np.ndarray:
-    """A read-only vector of n ones, shared by every uniform batch of that size."""
-    ones = _ONES.get(n)
-    if ones is None:
-        ones = np.ones(n)
-        ones.flags.writeable = False
-        _ONES[n] = ones
-    return ones
-
-
-# Names of the per-item metadata columns kept beside the fields (all reserved by the spec).
-META_COLUMNS = ("keys", "probabilities", "policy_version", WEIGHTS_FIELD)
+    @cached_property
+    def columns(self) -> dict[str, np.ndarray]:
+        """Fields plus `keys`, `policy_version`, `probabilities` and `weights` (filled in when uniform)."""
+        n = self.size
+        columns = {name: self.rows[name] for name in self.layout.field_names}
+        columns[KEYS] = self.rows[KEYS]
+        columns[POLICY_VERSION] = self.rows[POLICY_VERSION]
+        columns["probabilities"] = (
+            np.full(n, 1.0 / self.table_size) if self.probabilities is None else self.probabilities
+        )
+        columns["weights"] = np.ones(n) if self.weights is None else self.weights
+        return columns
 
 
 def decode_sample_batch(msg: replay_pb2.SampleBatch) -> DecodedSample:
-    """Arrays of a SampleBatch; TensorDecodeError names a malformed tensor."""
-    columns = {name: fast_decode(t, name) for name, t in msg.fields.items()}
-    columns["keys"] = fast_decode(msg.keys, "keys")
-    columns["probabilities"] = fast_decode(msg.probabilities, "probabilities")
-    columns["policy_version"] = fast_decode(msg.policy_version, "policy_version")
-    n = len(columns["keys"])
-    if WEIGHTS_FIELD not in columns:  # uniform sampling: the server sends no weights
-        columns[WEIGHTS_FIELD] = uniform_weights(n)
-    for name, array in columns.items():
-        if array.ndim == 0 or array.shape[0] != n:
+    """Arrays of a SampleBatch; TensorDecodeError names what is malformed."""
+    try:
+        layout = layout_from_proto(msg.layout)
+        missing = [name for name in META_COLUMNS if name not in layout.by_name]
+        if missing:
+            raise LayoutError(missing[0], "missing from the sample's row layout")
+        rows = layout.structured(_decode_rows(msg.rows, layout))
+    except LayoutError as exc:
+        raise TensorDecodeError(str(exc)) from None
+    n = len(rows)
+    out = DecodedSample(rows, layout, int(msg.table_size))
+    if msg.HasField("probabilities"):
+        out.probabilities = fast_decode(msg.probabilities, "probabilities")
+    if msg.HasField("weights"):
+        out.weights = fast_decode(msg.weights, "weights")
+    for name in ("probabilities", "weights"):
+        array = getattr(out, name)
+        if array is not None and array.shape != (n,):
             raise TensorDecodeError(f"{name}: {array.shape} does not have the batch's {n} items")
-    return DecodedSample(columns, int(msg.table_size))
+    if out.probabilities is None and n and out.table_size <= 0:
+        raise TensorDecodeError(f"table_size {out.table_size} with {n} uniformly sampled items")
+    return out
+
+
+# -- Insert -----------------------------------------------------------------------------------------
+
+_BATCH_LAYOUTS: dict[tuple, RowLayout] = {}
+
+
+def pack_transition_batch(
+    fields: dict[str, np.ndarray],
+    *,
+    table: str,
+    actor_id: str,
+    policy_version: int,
+    compression: CompressionName = "none",
+) -> replay_pb2.TransitionBatch:
+    """A packed TransitionBatch without its sequence number (the writer assigns it when sending).
+
+    Raises ValueError naming a field that is not an array with the batch's leading dimension
+    or whose dtype cannot travel.
+    """
+    arrays = {name: np.asarray(array) for name, array in fields.items()}
+    if not arrays:
+        raise ValueError("a batch needs at least one field")
+    # A scalar's signature (None for its shape) never matches a cached layout, so it is always checked.
+    signature = tuple((name, a.dtype, a.shape[1:] if a.ndim else None) for name, a in arrays.items())
+    layout = _BATCH_LAYOUTS.get(signature)
+    if layout is None:
+        for name, a in arrays.items():
+            if a.ndim == 0:
+                raise ValueError(f"field {name!r}: needs a leading batch dimension, got a scalar")
+            try:
+                dtype_to_proto(a.dtype)
+            except TypeError as exc:
+                raise ValueError(f"field {name!r}: {exc}") from None
+        layout = RowLayout.of_batch(arrays)
+        if len(_BATCH_LAYOUTS) >= _MAX_CACHED_LAYOUTS:
+            _BATCH_LAYOUTS.clear()
+        _BATCH_LAYOUTS[signature] = layout
+    n = len(next(iter(arrays.values())))
+    try:
+        rows = layout.pack_batch(arrays, n)
+    except LayoutError as exc:
+        raise ValueError(f"{exc} (the batch's first field has {n} items)") from None
+    msg = replay_pb2.TransitionBatch(
+        table=table, actor_id=actor_id, policy_version=policy_version, layout=layout_to_proto(layout)
+    )
+    if compression == "none":
+        msg.rows.dtype = _UINT8
+        msg.rows.shape.extend(rows.shape)
+        msg.rows.data = rows.tobytes()
+    else:
+        msg.rows.CopyFrom(encode(rows, compression))
+    return msg
 
 
 def encode_transition_batch(
@@ -142,7 +330,7 @@ def encode_transition_batch(
     policy_version: int,
     compression: CompressionName = "none",
 ) -> replay_pb2.TransitionBatch:
-    """A TransitionBatch message without its sequence number (the writer assigns it when sending)."""
+    """A TransitionBatch in its one-Tensor-per-field form, without its sequence number."""
     msg = replay_pb2.TransitionBatch(table=table, actor_id=actor_id, policy_version=policy_version)
     out = msg.fields
     if compression == "none":
@@ -154,6 +342,21 @@ def encode_transition_batch(
     return msg
 
 
-def decode_transition_fields(msg: replay_pb2.TransitionBatch) -> dict[str, np.ndarray]:
-    """The fields of a TransitionBatch; TensorDecodeError carries the field name first in its message."""
-    return {name: fast_decode(t, name) for name, t in msg.fields.items()}
+def decode_transition_batch(msg: replay_pb2.TransitionBatch) -> dict[str, np.ndarray] | PackedBatch:
+    """The batch of a TransitionBatch: packed rows when `rows` is set, else the per-field tensors.
+
+    Raises LayoutError naming the malformed field (`rows` for the packed block itself).
+    """
+    if msg.HasField("rows"):
+        layout = layout_from_proto(msg.layout)
+        try:
+            return PackedBatch(_decode_rows(msg.rows, layout), layout)
+        except TensorDecodeError as exc:
+            raise LayoutError("rows", str(exc)) from None
+    fields = {}
+    for name, tensor in msg.fields.items():
+        try:
+            fields[name] = fast_decode(tensor, name)
+        except TensorDecodeError as exc:
+            raise LayoutError(name, str(exc)) from None
+    return fields

@@ -1,21 +1,44 @@
-"""Sampling across shards: one Sample stream per shard, learner batches cut in proportion to shard sizes."""
+"""Sampling across shards: a credit-paced Sample call per shard, learner batches cut in proportion to size.
+
+Every batch a shard streams counts as sampled for its rate limiter, whether or
+not the learner has taken it yet. An open-ended stream lets HTTP/2 flow control
+buffer thousands of small batches nobody asked for, which defeats the limiter
+(actors then run far ahead of `samples_per_insert`). So each shard's Sample
+call is paced by credit: the shard has a window of `window` chunks
+(`ReplayClient.sample_window` learner batches, by default four prefetch
+depths); a chunk is owed from when the client grants it until the learner
+receives the batch holding it; and the client grants more (on a GrantSamples
+stream beside the call) as the learner takes batches. So a shard never
+samples more than the window ahead of the learner.
+
+Both calls are long-lived. Bounded Sample calls re-opened as they drain
+(`num_batches` as the credit) were measured at under half the throughput:
+every call pays gRPC's call setup and starts with a fresh HTTP/2 flow-control
+window. And the batches come on a
+unary-stream call, which the feed thread polls itself (the channel option in
+`connections`), rather than on a bidirectional one, which gRPC hands over
+through its channel-spin thread: one thread switch less per batch.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
-from distrl.proto.v1 import replay_pb2
+from distrl.proto.v1 import replay_pb2, replay_pb2_grpc
 from distrl.replay.connections import FATAL_CODES, ReplayClientError, status_of
-from distrl.replay.messages import META_COLUMNS, DecodedSample, decode_sample_batch, uniform_weights
+from distrl.replay.messages import DecodedSample, decode_sample_batch
+from distrl.replay.rows import KEYS, POLICY_VERSION
 from distrl.wire.codec import TensorDecodeError
 
 if TYPE_CHECKING:
@@ -23,15 +46,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Grant once 1/_GRANT_FRACTION of the window is free: one grant message per several batches, and
+# the shard still holds the rest of its credit while the grant travels.
+_GRANT_FRACTION = 2
+
 
 @dataclass
 class SampleBatch:
     """A learner batch drawn across shards.
 
-    Arrays may be read-only views of the received message; copy before writing in place.
-    `weights` are importance weights (N P(i))^-beta normalised by the batch maximum
-    (ones for uniform sampling); `shard` is the index of the shard owning each item,
-    which `ReplayClient.update_priorities` needs beside `keys`.
+    Arrays may be read-only, strided views of the received rows; copy before
+    writing in place or handing them to code that needs contiguous memory.
+    `weights` are importance weights (N P(i))^-beta normalised by the batch
+    maximum (ones for uniform sampling); `shard` is the index of the shard owning
+    each item, which `ReplayClient.update_priorities` needs beside `keys`.
     """
 
     fields: dict[str, np.ndarray]
@@ -49,11 +77,13 @@ class SampleBatch:
 class SamplerStats:
     batches: int = 0
     items: int = 0
-    # Seconds the shards' Sample streams waited on their rate limiter (DEADLINE_EXCEEDED and retried).
+    # Seconds the shards' streams waited on their rate limiter (DEADLINE_EXCEEDED and re-opened).
     rate_limited_wait_s: float = 0.0
     # Seconds `sample()` callers waited for the prefetch queue.
     starved_wait_s: float = 0.0
     reconnects: int = 0
+    # Credit grants sent to the shards (each lets a shard send some more chunks).
+    grants: int = 0
     shards_up: list[bool] = field(default_factory=list)
     shard_sizes: list[int] = field(default_factory=list)
 
@@ -75,16 +105,20 @@ def proportional_counts(sizes: Sequence[int], total: int) -> list[int] | None:
 
 
 class _ShardFeed:
-    """Items received from one shard's Sample stream, waiting to go into learner batches."""
+    """Chunks received from one shard, waiting to go into learner batches, and the shard's credit."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.chunks: deque[DecodedSample] = deque()
         self.offset = 0  # items of chunks[0] already taken
-        self.available = 0
+        self.available = 0  # items received, not yet in a learner batch
+        self.in_ready = 0  # items in learner batches the learner has not received yet
+        self.granted = 0  # chunks granted to the open call, not received yet
+        self.grants: _GrantStream | None = None  # the open call's credit
+        self.call = None
         self.size = 0  # the shard's table size with its latest batch
         self.up = False
-        self.call = None
+        self.waiting_since = time.monotonic()  # last message (or rate-limiter timeout) seen
 
     def drop(self) -> None:
         self.chunks.clear()
@@ -93,29 +127,38 @@ class _ShardFeed:
         self.size = 0
         self.up = False
 
-    def take(self, n: int) -> list[dict[str, np.ndarray]]:
-        """Up to the first `n` items as column dicts (views; whole chunks pass through uncopied)."""
+    def take(self, n: int) -> list[DecodedSample]:
+        """The first `n` items as pieces (views; whole chunks pass through uncopied)."""
         pieces = []
         self.available -= n
         while n > 0:
             head = self.chunks[0]
             rest = head.size - self.offset
             if rest <= n:
-                cols = head.columns
-                pieces.append(cols if self.offset == 0 else {k: v[self.offset :] for k, v in cols.items()})
+                pieces.append(head if self.offset == 0 else _slice(head, self.offset, head.size))
                 self.chunks.popleft()
                 self.offset = 0
                 n -= rest
             else:
                 end = self.offset + n
-                pieces.append({k: v[self.offset : end] for k, v in head.columns.items()})
+                pieces.append(_slice(head, self.offset, end))
                 self.offset = end
                 n = 0
         return pieces
 
 
+def _slice(chunk: DecodedSample, start: int, stop: int) -> DecodedSample:
+    return DecodedSample(
+        chunk.rows[start:stop],
+        chunk.layout,
+        chunk.table_size,
+        None if chunk.probabilities is None else chunk.probabilities[start:stop],
+        None if chunk.weights is None else chunk.weights[start:stop],
+    )
+
+
 class BatchPrefetcher:
-    """One long-lived Sample stream per shard filling item buffers; learner batches are cut from them.
+    """A credit-paced Sample call per shard filling item buffers; learner batches are cut from them.
 
     A feed thread that has just received items cuts as many learner batches as the
     prefetch depth allows, so a batch costs one thread hand-off (feed -> caller).
@@ -125,11 +168,15 @@ class BatchPrefetcher:
         self.batch_size = batch_size
         self._client = client
         self._chunk = client.sample_chunk_size or batch_size
-        # Room for a learner batch plus one chunk in flight, so a feed never starves the assembly.
-        self._feed_capacity = max(self._chunk, batch_size) + self._chunk
+        chunks_per_batch = -(-batch_size // self._chunk)
+        # Credit per shard, in chunks: `client.sample_window` learner batches (at least two, so a shard
+        # always has the credit to fill its share of the batch the learner waits for).
+        self.window = client.sample_window * chunks_per_batch
+        self._grant_min = max(1, self.window // _GRANT_FRACTION)
         self._cond = threading.Condition()
         self._feeds = [_ShardFeed(i) for i in range(client.num_shards)]
-        self._ready: deque[SampleBatch] = deque()
+        # Learner batches with the items each shard contributed (its credit, returned on hand-out).
+        self._ready: deque[tuple[SampleBatch, list[int]]] = deque()
         self._error: ReplayClientError | None = None
         self._stop = threading.Event()
         self._stats = SamplerStats()
@@ -179,8 +226,15 @@ class BatchPrefetcher:
                             f"sizes: {[f.size for f in self._feeds]})"
                         )
                     self._cond.wait(remaining)
-                batch = self._ready.popleft()
-                self._cond.notify_all()  # room in the prefetch queue: feeds may cut the next batch
+                batch, counts = self._ready.popleft()
+                for feed, count in zip(self._feeds, counts, strict=True):
+                    feed.in_ready -= count
+                # Refill the prefetch queue from what the feeds hold, and grant the shards the
+                # credit returned above.
+                while len(self._ready) < self._client.prefetch and self._assemble():
+                    pass
+                for feed in self._feeds:
+                    self._grant(feed)
                 return batch
             finally:
                 self._stats.starved_wait_s += time.monotonic() - start
@@ -202,73 +256,106 @@ class BatchPrefetcher:
         for t in self._threads:
             t.join(2.0)
 
-    # -- per-shard stream --------------------------------------------------------------------------
+    # -- credit ------------------------------------------------------------------------------------
+
+    def _free_chunks(self, feed: _ShardFeed) -> int:
+        """(lock held) The window less what the shard is owed for: granted, received or in ready batches."""
+        return self.window - feed.granted - -(-(feed.available + feed.in_ready) // self._chunk)
+
+    def _grant(self, feed: _ShardFeed) -> None:
+        """(lock held) Grant the shard's call the free credit, once there is enough for one message."""
+        free = self._free_chunks(feed)
+        if feed.grants is not None and free >= self._grant_min:
+            feed.grants.send(free)
+            feed.granted += free
+            self._stats.grants += 1
+
+    # -- per-shard calls ---------------------------------------------------------------------------
 
     def _run_feed(self, feed: _ShardFeed) -> None:
         client = self._client
-        shard = client.shards[feed.index]
-        request = replay_pb2.SampleRequest(
-            table=client.table,
-            batch_size=self._chunk,
-            num_batches=0,
-            rate_limiter_timeout_ms=max(1, int(client.rate_limiter_timeout_s * 1000)),
-        )
         cond = self._cond
         stop = self._stop
-        prefetch = client.prefetch
+        shard = client.shards[feed.index]
         while not stop.is_set():
-            waited_from = time.monotonic()
+            credit_id = uuid.uuid4().hex
+            with cond:
+                # A new call starts with what is free (maybe nothing: get() grants as it frees).
+                feed.granted = first = max(0, self._free_chunks(feed))
+            request = replay_pb2.SampleRequest(
+                table=client.table,
+                batch_size=self._chunk,
+                num_batches=first,
+                rate_limiter_timeout_ms=max(1, int(client.rate_limiter_timeout_s * 1000)),
+                credit_id=credit_id,
+            )
+            call = shard.stub.Sample(request)
+            # Without its grants the call would stall: when they stop, so does the call (and is re-opened).
+            grants = _GrantStream(shard.stub, credit_id, on_end=call.cancel)
+            with cond:
+                feed.call, feed.grants = call, grants
             try:
-                call = shard.stub.Sample(request)
-                with cond:
-                    feed.call = call
-                if stop.is_set():
-                    call.cancel()
+                if stop.is_set():  # close() may have looked before the call existed
                     return
-                # A failed stream reports its status only after the messages it delivered are read,
-                # so a dead shard's buffered items are used up first (they are valid).
-                for msg in call:
-                    decoded = decode_sample_batch(msg)
-                    with cond:
-                        while feed.available >= self._feed_capacity and not stop.is_set():
-                            if not (len(self._ready) < prefetch and self._assemble()):
-                                cond.wait()
-                        feed.chunks.append(decoded)
-                        feed.available += decoded.size
-                        feed.size = decoded.table_size
-                        feed.up = True
-                        while len(self._ready) < prefetch and self._assemble():
-                            pass
-                        cond.notify_all()
-                    waited_from = time.monotonic()
+                self._read(feed, call)
+                # The shard ended the call without an error (it does not, normally): open another.
             except grpc.RpcError as exc:
-                if stop.is_set():
+                if stop.is_set() or not self._call_failed(feed, exc, shard.address):
                     return
-                code, details = status_of(exc)
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    # The shard's rate limiter (or min size) held the batch back: keep waiting.
-                    with cond:
-                        self._stats.rate_limited_wait_s += time.monotonic() - waited_from
-                    continue
-                fatal = code in FATAL_CODES or code == grpc.StatusCode.INVALID_ARGUMENT
-                with cond:
-                    self._stats.reconnects += 1
-                    feed.drop()
-                    if fatal:
-                        self._error = ReplayClientError(
-                            f"replay shard {shard.address}: {code.name}: {details}"
-                        )
-                    cond.notify_all()
-                if fatal:
-                    return
-                log.debug("sample stream to %s failed (%s: %s); retrying", shard.address, code, details)
-                stop.wait(client.retry_interval_s)
             except TensorDecodeError as exc:
                 log.warning("malformed SampleBatch from %s: %s; reconnecting", shard.address, exc)
-                with cond:
-                    feed.drop()
-                    cond.notify_all()
+                self._drop(feed)
                 stop.wait(client.retry_interval_s)
+            finally:
+                with cond:
+                    feed.grants, feed.granted, feed.call = None, 0, None
+                grants.close()
+                call.cancel()
+
+    def _read(self, feed: _ShardFeed, call) -> None:
+        """Take in a call's batches until it ends (a failed call raises after those it delivered)."""
+        cond = self._cond
+        prefetch = self._client.prefetch
+        for msg in call:
+            decoded = decode_sample_batch(msg)
+            with cond:
+                feed.granted = max(0, feed.granted - 1)
+                feed.chunks.append(decoded)
+                feed.available += decoded.size
+                feed.size = decoded.table_size
+                feed.up = True
+                feed.waiting_since = time.monotonic()
+                while len(self._ready) < prefetch and self._assemble():
+                    pass
+                cond.notify_all()
+
+    def _call_failed(self, feed: _ShardFeed, exc: grpc.RpcError, address: str) -> bool:
+        """Handle a call that ended with an error; False when the feed must stop (a fatal error)."""
+        code, details = status_of(exc)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # The shard's rate limiter (or min size) held the batch back: keep asking.
+            with self._cond:
+                now = time.monotonic()
+                self._stats.rate_limited_wait_s += now - feed.waiting_since
+                feed.waiting_since = now
+            return True
+        fatal = code in FATAL_CODES or code == grpc.StatusCode.INVALID_ARGUMENT
+        self._drop(feed)
+        with self._cond:
+            self._stats.reconnects += 1
+            if fatal:
+                self._error = ReplayClientError(f"replay shard {address}: {code.name}: {details}")
+                self._cond.notify_all()
+                return False
+        log.debug("sample call to %s failed (%s: %s); retrying", address, code, details)
+        self._stop.wait(self._client.retry_interval_s)
+        return True
+
+    def _drop(self, feed: _ShardFeed) -> None:
+        """Forget what the shard delivered: it counts as down until it answers again."""
+        with self._cond:
+            feed.drop()
+            self._cond.notify_all()
 
     # -- learner batches ---------------------------------------------------------------------------
 
@@ -282,14 +369,23 @@ class BatchPrefetcher:
             if f.available < c:
                 return False
         parts = [(f.index, c, f.take(c)) for f, c in zip(feeds, counts, strict=True) if c]
-        self._ready.append(_concatenate(parts, self.batch_size))
+        try:
+            batch = _concatenate(parts, self.batch_size)
+        except ValueError as exc:  # shards whose tables hold different fields cannot share a batch
+            self._error = ReplayClientError(f"cannot combine batches from shards: {exc}")
+            self._cond.notify_all()
+            return False
+        for f, c in zip(feeds, counts, strict=True):
+            f.in_ready += c
+        self._ready.append((batch, counts))
         self._stats.batches += 1
         self._stats.items += self.batch_size
         return True
 
 
-# A read-only vector of one shard index per item, shared by every batch of that shard and size.
+# Read-only vectors shared by every batch of one size (and shard): they are never written.
 _SHARD_COLUMNS: dict[tuple[int, int], np.ndarray] = {}
+_ONES: dict[int, np.ndarray] = {}
 
 
 def _shard_column(shard: int, n: int) -> np.ndarray:
@@ -301,25 +397,78 @@ def _shard_column(shard: int, n: int) -> np.ndarray:
     return column
 
 
-def _concatenate(parts: list[tuple[int, int, list[dict[str, np.ndarray]]]], n: int) -> SampleBatch:
+def _ones(n: int) -> np.ndarray:
+    ones = _ONES.get(n)
+    if ones is None:
+        ones = np.ones(n)
+        ones.flags.writeable = False
+        _ONES[n] = ones
+    return ones
+
+
+def _concatenate(parts: list[tuple[int, int, list[DecodedSample]]], n: int) -> SampleBatch:
     pieces = [p for _, _, ps in parts for p in ps]
+    first = pieces[0]
+    names = first.layout.field_names
     if len(pieces) == 1:
-        cols = pieces[0]
-    else:
-        cols = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        rows = first.rows
+    elif all(p.rows.dtype == first.rows.dtype for p in pieces):
+        rows = np.concatenate([p.rows for p in pieces])  # one block copy per piece
+    else:  # shards laid their rows out differently: gather column by column
+        missing = [name for p in pieces for name in names if name not in p.layout.by_name]
+        if missing or any(len(p.layout.field_names) != len(names) for p in pieces):
+            raise ValueError(f"fields differ between shards ({sorted(names)} vs. others)")
+        rows = {
+            name: np.concatenate([p.rows[name] for p in pieces]) for name in (*names, KEYS, POLICY_VERSION)
+        }
     if len(parts) == 1:
         shard = _shard_column(parts[0][0], n)
     else:
         shard = np.repeat(np.array([k for k, _, _ in parts], dtype=np.int64), [c for _, c, _ in parts])
-    weights = cols["weights"]
-    if weights is not uniform_weights(n):  # uniform batches (the shared ones) need no normalising
+    if all(p.probabilities is None for p in pieces):
+        if len(pieces) == 1:
+            probabilities = np.full(n, 1.0 / first.table_size)
+        else:
+            probabilities = np.concatenate([np.full(p.size, 1.0 / p.table_size) for p in pieces])
+        weights = _ones(n)
+    else:
+        probabilities = np.concatenate(
+            [
+                np.full(p.size, 1.0 / p.table_size) if p.probabilities is None else p.probabilities
+                for p in pieces
+            ]
+        )
+        weights = np.concatenate([np.ones(p.size) if p.weights is None else p.weights for p in pieces])
         top = weights.max()
         weights = weights / top if top > 0 else np.ones_like(weights)
     return SampleBatch(
-        fields={k: v for k, v in cols.items() if k not in META_COLUMNS},
-        keys=cols["keys"],
+        fields={name: rows[name] for name in names},
+        keys=rows[KEYS],
         shard=shard,
         weights=weights,
-        probabilities=cols["probabilities"],
-        policy_version=cols["policy_version"],
+        probabilities=probabilities,
+        policy_version=rows[POLICY_VERSION],
     )
+
+
+class _GrantStream:
+    """A GrantSamples call carrying one Sample call's credit; `on_end` runs when it ends (for any reason)."""
+
+    def __init__(self, stub: replay_pb2_grpc.ReplayStub, credit_id: str, on_end: Callable[[], Any]) -> None:
+        self._credit_id = credit_id
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._future = stub.GrantSamples.future(_iterate(self._queue))
+        self._future.add_done_callback(lambda _: on_end())
+
+    def send(self, num_batches: int) -> None:
+        self._queue.put(replay_pb2.SampleGrant(credit_id=self._credit_id, num_batches=num_batches))
+
+    def close(self) -> None:
+        self._queue.put(None)  # ends gRPC's request-sending thread
+        self._future.cancel()
+
+
+def _iterate(requests: queue.SimpleQueue) -> Iterator[replay_pb2.SampleGrant]:
+    """Requests as gRPC sends them; None ends the stream."""
+    while (request := requests.get()) is not None:
+        yield request

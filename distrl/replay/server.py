@@ -4,20 +4,29 @@
 checkpointed on request, periodically and on shutdown); `ReplayServicer`
 turns RPCs into table calls and table errors into status codes:
 
-- a batch that does not match the table's spec -> INVALID_ARGUMENT naming the
+- a batch (packed rows or per-field tensors) that does not match the table's
+  spec, or whose layout or tensors are malformed -> INVALID_ARGUMENT naming the
   field (nothing of it stored; the stream ends, the shard keeps serving);
+- a paced Sample call (`credit_id`) that shares its id with an open one -> ALREADY_EXISTS;
 - an unknown table -> NOT_FOUND;
 - a rate-limiter wait that ran out -> DEADLINE_EXCEEDED saying which side waited;
 - a shard shutting down -> UNAVAILABLE (clients fail over).
+
+Sample yields SampleBatch messages serialized by hand (`encode_sample_batch`:
+the gathered rows copied once) and registers its handlers itself to pass them
+through. A paced Sample call sends one batch per unit of credit, which its
+GrantSamples stream tops up (`_SampleCredits`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +36,8 @@ import numpy as np
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc
 from distrl.replay.checkpoint import restore_tables, write_checkpoint
 from distrl.replay.config import ReplayShardConfig
-from distrl.replay.messages import encode_sample_batch, fast_decode
+from distrl.replay.messages import decode_transition_batch, encode_sample_batch
+from distrl.replay.rows import LayoutError, PackedBatch
 from distrl.replay.spec import BatchRejected
 from distrl.replay.table import RateLimiterTimeout, Table, TableClosed, TableStats
 from distrl.wire.codec import TensorDecodeError, decode, dtype_to_proto
@@ -38,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "distrl.v1.Replay"
 DEFAULT_TABLE = "default"
+# How often a paced Sample call waiting for credit checks whether its caller went away.
+_CREDIT_POLL_S = 0.2
 # Trailing-metadata key carrying the name of the field that got a batch rejected.
 REJECTED_FIELD_KEY = "distrl-rejected-field"
 
@@ -149,9 +161,34 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
 
     def __init__(self, shard: ReplayShard) -> None:
         self.shard = shard
+        self._credits = _SampleCredits()
 
     def register(self, server: grpc.Server) -> None:
-        replay_pb2_grpc.add_ReplayServicer_to_server(self, server)
+        # As `replay_pb2_grpc.add_ReplayServicer_to_server`, except that Sample yields its
+        # SampleBatch messages already serialized (`encode_sample_batch`).
+        pb = replay_pb2
+        handlers = {
+            "Insert": grpc.stream_stream_rpc_method_handler(
+                self.Insert, pb.TransitionBatch.FromString, pb.InsertAck.SerializeToString
+            ),
+            "Sample": grpc.unary_stream_rpc_method_handler(self.Sample, pb.SampleRequest.FromString, _as_is),
+            "GrantSamples": grpc.stream_unary_rpc_method_handler(
+                self.GrantSamples, pb.SampleGrant.FromString, pb.GrantSamplesResponse.SerializeToString
+            ),
+            "UpdatePriorities": grpc.unary_unary_rpc_method_handler(
+                self.UpdatePriorities,
+                pb.UpdatePrioritiesRequest.FromString,
+                pb.UpdatePrioritiesResponse.SerializeToString,
+            ),
+            "Info": grpc.unary_unary_rpc_method_handler(
+                self.Info, pb.InfoRequest.FromString, pb.InfoResponse.SerializeToString
+            ),
+            "Checkpoint": grpc.unary_unary_rpc_method_handler(
+                self.Checkpoint, pb.CheckpointRequest.FromString, pb.CheckpointResponse.SerializeToString
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
     # -- RPCs --------------------------------------------------------------------------------------
 
@@ -185,20 +222,33 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
 
     def Sample(self, request, context):
         table = self._table(request.table, context)
-        if request.batch_size <= 0:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"batch_size must be > 0, got {request.batch_size}"
-            )
-        if request.num_batches < 0:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {request.num_batches}"
-            )
+        self._check_sample_request(request, context)
+        if not request.credit_id:
+            count = itertools.count() if request.num_batches == 0 else range(request.num_batches)
+            yield from self._sample_batches(table, request, context, count)
+            return
         active = self._active(context)
-        # Uniform sampling's weights are all ones: the client fills them in.
-        send_weights = table.config.sampler != "uniform"
-        sent = 0
+        with self._credits.open(request.credit_id, request.num_batches, context) as credit:
+            # One batch per unit of credit, waiting for grants when out of it.
+            yield from self._sample_batches(table, request, context, iter(lambda: credit.take(active), False))
+        if self.shard.closing:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+
+    def GrantSamples(self, request_iterator, context):
+        for grant in request_iterator:
+            if grant.num_batches < 0:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {grant.num_batches}"
+                )
+            self._credits.grant(grant.credit_id, grant.num_batches)
+        return replay_pb2.GrantSamplesResponse()
+
+    def _sample_batches(self, table: Table, request, context, credit):
+        """One encoded batch of `request.batch_size` items per item of `credit`."""
+        active = self._active(context)
+        prioritized = table.config.sampler != "uniform"
         shard = self.shard
-        while request.num_batches == 0 or sent < request.num_batches:
+        for _ in credit:
             if shard.closing:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
             try:
@@ -212,16 +262,26 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             except TableClosed:
                 self._abort_closed(context)
                 return
+            # Uniform sampling sends no probabilities or weights: the client fills them in.
             yield encode_sample_batch(
                 table.name,
-                keys=batch.keys,
-                probabilities=batch.probabilities,
-                weights=batch.weights if send_weights else None,
-                policy_version=batch.policy_version,
-                fields=batch.fields,
-                table_size=batch.table_size,
+                batch.rows,
+                batch.layout,
+                batch.table_size,
+                probabilities=batch.probabilities if prioritized else None,
+                weights=batch.weights if prioritized else None,
             )
-            sent += 1
+
+    @staticmethod
+    def _check_sample_request(request: replay_pb2.SampleRequest, context: grpc.ServicerContext) -> None:
+        if request.batch_size <= 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"batch_size must be > 0, got {request.batch_size}"
+            )
+        if request.num_batches < 0:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {request.num_batches}"
+            )
 
     def UpdatePriorities(self, request, context):
         table = self._table(request.table, context)
@@ -259,17 +319,14 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
 
     def _decode_batch(
         self, table: Table, request: replay_pb2.TransitionBatch, context: grpc.ServicerContext
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, np.ndarray] | PackedBatch:
         try:
             if not request.actor_id:
                 raise _Undecodable("actor_id", "field 'actor_id': required to ack and de-duplicate batches")
-            fields = {}
-            for name, tensor in request.fields.items():
-                try:
-                    fields[name] = fast_decode(tensor, name)
-                except TensorDecodeError as exc:
-                    raise _Undecodable(name, f"field {name!r}: {exc}") from None
-            return fields
+            try:
+                return decode_transition_batch(request)
+            except LayoutError as exc:
+                raise _Undecodable(exc.column, str(exc)) from None
         except _Undecodable as exc:
             self.shard.count_undecodable(table.name)
             _abort_rejected(context, request, exc.field, exc.message)
@@ -305,6 +362,62 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         if remaining is not None:
             limit = min(limit, max(remaining, 0.0))
         return limit
+
+
+def _as_is(message: bytes) -> bytes:
+    return message
+
+
+class _SampleCredit:
+    """How many more batches a paced Sample call may send; GrantSamples adds to it."""
+
+    def __init__(self, granted: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._left = granted
+
+    def grant(self, n: int) -> None:
+        with self._cond:
+            self._left += n
+            self._cond.notify()
+
+    def take(self, active: Callable[[], bool]) -> bool:
+        """Use one unit, waiting for a grant when there is none; False once the call went away."""
+        with self._cond:
+            while self._left <= 0:
+                if not active():
+                    return False
+                self._cond.wait(_CREDIT_POLL_S)
+            self._left -= 1
+            return True
+
+
+class _SampleCredits:
+    """The credit of every open paced Sample call, by credit id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[str, _SampleCredit] = {}
+
+    @contextlib.contextmanager
+    def open(self, credit_id: str, granted: int, context: grpc.ServicerContext) -> Iterator[_SampleCredit]:
+        credit = _SampleCredit(granted)
+        with self._lock:
+            taken = credit_id in self._by_id
+            if not taken:
+                self._by_id[credit_id] = credit
+        if taken:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"credit_id {credit_id!r} is in use")
+        try:
+            yield credit
+        finally:
+            with self._lock:
+                self._by_id.pop(credit_id, None)
+
+    def grant(self, credit_id: str, n: int) -> None:
+        with self._lock:
+            credit = self._by_id.get(credit_id)
+        if credit is not None:  # else the call has ended: nothing to pace
+            credit.grant(n)
 
 
 class _Undecodable(Exception):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distrl.replay.config import FieldSpecConfig
+from distrl.replay.rows import RowColumn, RowLayout
 
 # Stored beside every item by the table itself; batches may not use these names.
 RESERVED_FIELDS = frozenset({"policy_version", "keys", "probabilities", "weights"})
@@ -92,6 +93,49 @@ class TableSpec:
         if not n:
             raise BatchRejected(next(iter(self.fields)), "batch is empty")
         return int(n)
+
+
+@dataclass(frozen=True)
+class PackedCheck:
+    """What is left to check of rows packed with a layout that matched the spec: item count, finite floats.
+
+    A table validates the first batch of each layout in full (names, dtypes,
+    shapes, values) and every later one with this: float columns of one dtype
+    that sit side by side are checked as one block, one call per block.
+    """
+
+    spans: tuple[tuple[int, int, np.dtype, tuple[RowColumn, ...]], ...]
+    first_field: str
+    row_bytes: int
+
+    @classmethod
+    def of(cls, layout: RowLayout) -> PackedCheck:
+        spans: list[tuple[int, int, np.dtype, tuple[RowColumn, ...]]] = []
+        for c in layout.columns:
+            if c.dtype.kind != "f" or not c.nbytes:
+                continue
+            if spans and spans[-1][1] == c.offset and spans[-1][2] == c.dtype:
+                start, _, dtype, columns = spans[-1]
+                spans[-1] = (start, c.end, dtype, (*columns, c))
+            else:
+                spans.append((c.offset, c.end, c.dtype, (c,)))
+        return cls(tuple(spans), layout.columns[0].name if layout.columns else "<fields>", layout.row_bytes)
+
+    def count(self, rows: np.ndarray) -> int:
+        """The number of items in `rows` ((n, row_bytes) uint8); BatchRejected names a bad field."""
+        n = len(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.row_bytes:
+            raise BatchRejected("rows", f"shape {rows.shape} is not [n, {self.row_bytes}] as the layout says")
+        if not n:
+            raise BatchRejected(self.first_field, "batch is empty")
+        for start, stop, dtype, columns in self.spans:
+            if not np.isfinite(rows[:, start:stop].view(dtype)).all():
+                for c in columns:
+                    finite = np.isfinite(rows[:, c.offset : c.end].view(dtype))
+                    if not finite.all():
+                        bad = int(finite.size - np.count_nonzero(finite))
+                        raise BatchRejected(c.name, f"{bad} non-finite value(s) (NaN or inf)")
+        return n
 
 
 def _check_names(fields: dict[str, FieldSpec]) -> None:

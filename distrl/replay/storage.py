@@ -1,19 +1,13 @@
-"""Preallocated ring storage: one numpy array per field, `capacity` items each."""
+"""Preallocated ring storage: `capacity` rows of bytes, one per item, plus the FIFO remover."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from distrl.replay.rows import KEYS, POLICY_VERSION, RowLayout
 from distrl.replay.spec import TableSpec
 
 EMPTY = -1
-_KEYS = "\0keys"  # row columns beside the fields; no field name can start with NUL
-_POLICY_VERSION = "\0policy_version"
-
-
-def _view(rows: np.ndarray, offset: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """The column of `rows` (a 2-D uint8 block) holding one field, as an array of (len(rows), *shape)."""
-    return rows[:, offset : offset + nbytes].view(dtype).reshape((len(rows), *shape))
 
 
 class RingStorage:
@@ -21,42 +15,48 @@ class RingStorage:
 
     A key is the item's insertion counter, so `key % capacity` is its slot and
     a stale key (its slot since overwritten) is recognised by comparing keys.
+
+    Every field of an item, its key and its policy version live in one row of
+    bytes (`layout`), so a sample gathers one contiguous row per item instead of
+    one random access per field (on a full million-item table ~3x faster), and
+    the gathered rows go on the wire as they are. `fields`, `keys` and
+    `policy_version` are strided views into the rows.
     """
 
     def __init__(self, spec: TableSpec, capacity: int) -> None:
         self.spec = spec
         self.capacity = capacity
-        # Every field of an item (and its key and policy version) lives in one row of bytes, so a
-        # sample gathers one contiguous row per item instead of one random access per field: on a
-        # full million-item table that is ~3x faster. `fields`, `keys` and `policy_version` are
-        # strided views into the rows. Widest items first keeps every view aligned.
-        columns = [(name, f.dtype, f.shape) for name, f in spec.fields.items()]
-        columns += [(_KEYS, np.dtype(np.int64), ()), (_POLICY_VERSION, np.dtype(np.int64), ())]
-        columns.sort(key=lambda c: -c[1].itemsize)
-        self._layout: list[tuple[str, int, int, np.dtype, tuple[int, ...]]] = []
-        offset = 0
-        for name, dtype, shape in columns:
-            nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-            self._layout.append((name, offset, nbytes, dtype, shape))
-            offset += nbytes
-        self._rows = np.zeros((capacity, -(-offset // 8) * 8), dtype=np.uint8)
-        views = {name: _view(self._rows, off, nb, dt, shape) for name, off, nb, dt, shape in self._layout}
-        self.keys = views.pop(_KEYS)
+        self.layout = RowLayout.pack(
+            ((name, f.dtype, f.shape) for name, f in spec.fields.items()), with_meta=True
+        )
+        self._rows = np.zeros((capacity, self.layout.row_bytes), dtype=np.uint8)
+        views = self.layout.views(self._rows)
+        self.keys = views.pop(KEYS)
         self.keys[:] = EMPTY
-        self.policy_version = views.pop(_POLICY_VERSION)
+        self.policy_version = views.pop(POLICY_VERSION)
         self.fields = {name: views[name] for name in spec.fields}
-        self._field_layout = [entry for entry in self._layout if entry[0] in spec.fields]
         self.next_key = 0
         self.size = 0
 
     def write(self, slots: np.ndarray, batch: dict[str, np.ndarray], policy_version: int) -> np.ndarray:
         """Write one item per slot (slots must be free); returns the new items' keys."""
-        n = len(slots)
-        keys = np.arange(self.next_key, self.next_key + n, dtype=np.int64)
+        target = _contiguous(slots)
         for name, arr in self.fields.items():
-            arr[slots] = batch[name]
-        self.keys[slots] = keys
-        self.policy_version[slots] = policy_version
+            arr[target] = batch[name]
+        return self._finish_write(target, len(slots), policy_version)
+
+    def write_rows(
+        self, slots: np.ndarray, rows: np.ndarray, layout: RowLayout, policy_version: int
+    ) -> np.ndarray:
+        """Write packed rows whose `layout` is a prefix of the storage's (see RowLayout.is_prefix_of)."""
+        target = _contiguous(slots)
+        self._rows[target, : layout.row_bytes] = rows
+        return self._finish_write(target, len(slots), policy_version)
+
+    def _finish_write(self, target: slice | np.ndarray, n: int, policy_version: int) -> np.ndarray:
+        keys = np.arange(self.next_key, self.next_key + n, dtype=np.int64)
+        self.keys[target] = keys
+        self.policy_version[target] = policy_version
         self.next_key += n
         self.size += n
         return keys
@@ -65,10 +65,14 @@ class RingStorage:
         self.keys[slots] = EMPTY
         self.size -= len(slots)
 
+    def gather(self, slots: np.ndarray) -> np.ndarray:
+        """The rows of `slots`: a new (len(slots), row_bytes) uint8 array (one fancy index)."""
+        return self._rows.take(slots, axis=0)
+
     def read(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         """The fields of the items in `slots` (views into one gathered block of rows)."""
-        rows = self._rows.take(slots, axis=0)
-        return {name: _view(rows, off, nb, dt, shape) for name, off, nb, dt, shape in self._field_layout}
+        views = self.layout.views(self.gather(slots))
+        return {name: views[name] for name in self.spec.fields}
 
     def occupied(self, slots: np.ndarray) -> np.ndarray:
         return self.keys[slots] != EMPTY
@@ -81,6 +85,15 @@ class RingStorage:
     def slots_oldest_first(self) -> np.ndarray:
         slots = np.flatnonzero(self.keys != EMPTY)
         return slots[np.argsort(self.keys[slots], kind="stable")]
+
+
+def _contiguous(slots: np.ndarray) -> slice | np.ndarray:
+    """The remover's slots as a slice when they do not wrap around the ring (a block copy), else as is."""
+    n = len(slots)
+    if n and slots[-1] - slots[0] == n - 1:
+        start = int(slots[0])
+        return slice(start, start + n)
+    return slots
 
 
 class FifoRemover:

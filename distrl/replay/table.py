@@ -6,17 +6,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from distrl.replay.config import TableConfig
 from distrl.replay.rate_limiter import RateLimiter
+from distrl.replay.rows import KEYS, POLICY_VERSION, PackedBatch, RowLayout
 from distrl.replay.samplers import PrioritizedSampler, Sampler, UniformSampler
-from distrl.replay.spec import BatchRejected, TableSpec
+from distrl.replay.spec import BatchRejected, PackedCheck, TableSpec
 from distrl.replay.storage import FifoRemover, RingStorage
 
 # How often a waiting call re-checks whether its caller went away.
 _POLL_S = 0.2
+# Packed-row layouts a table remembers as checked (writers all send the same one, normally).
+_MAX_LAYOUTS = 64
 
 
 class RateLimiterTimeout(TimeoutError):
@@ -35,13 +39,47 @@ class InsertResult:
 
 @dataclass
 class SampledBatch:
-    keys: np.ndarray
-    probabilities: np.ndarray
-    # Unnormalised importance weights (N P(i))^-beta; ones for uniform sampling.
-    weights: np.ndarray
-    policy_version: np.ndarray
-    fields: dict[str, np.ndarray]
+    """Sampled items as their storage rows (one gathered block); fields and metadata are views of it."""
+
+    rows: np.ndarray  # (n, layout.row_bytes) uint8
+    layout: RowLayout
     table_size: int
+    # Probability of each item within the table; None for uniform sampling (all 1 / table_size).
+    sampled_probabilities: np.ndarray | None
+    importance_exponent: float
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @cached_property
+    def _views(self) -> dict[str, np.ndarray]:
+        return self.layout.views(self.rows)
+
+    @property
+    def fields(self) -> dict[str, np.ndarray]:
+        views = self._views
+        return {name: views[name] for name in self.layout.field_names}
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self._views[KEYS]
+
+    @property
+    def policy_version(self) -> np.ndarray:
+        return self._views[POLICY_VERSION]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        if self.sampled_probabilities is None:
+            return np.full(len(self), 1.0 / self.table_size)
+        return self.sampled_probabilities
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Unnormalised importance weights (N P(i))^-beta; ones for uniform sampling."""
+        if self.sampled_probabilities is None:
+            return np.ones(len(self))
+        return (self.table_size * self.sampled_probabilities) ** (-self.importance_exponent)
 
 
 @dataclass
@@ -100,6 +138,7 @@ class Table:
         if config.spec is not None:
             self._set_spec(TableSpec.from_config(config.spec))
         self._last_sequence: dict[str, int] = {}
+        self._packed_checks: dict[RowLayout, tuple[PackedCheck, bool]] = {}
         self._inserted_batches = 0
         self._duplicate_batches = 0
         self._rejected_batches = 0
@@ -118,7 +157,7 @@ class Table:
 
     def insert(
         self,
-        fields: dict[str, np.ndarray],
+        batch: dict[str, np.ndarray] | PackedBatch,
         *,
         actor_id: str,
         sequence: int,
@@ -126,37 +165,53 @@ class Table:
         timeout: float | None = None,
         is_active: Callable[[], bool] | None = None,
     ) -> InsertResult:
-        """Store a batch unless it is a resend; waits while the rate limiter holds inserts back.
+        """Store a batch (columns, or rows packed as the writer sends them) unless it is a resend.
 
-        Raises BatchRejected (nothing stored), RateLimiterTimeout or TableClosed.
+        Waits while the rate limiter holds inserts back. Raises BatchRejected (nothing
+        stored), RateLimiterTimeout or TableClosed.
         """
+        packed = batch if isinstance(batch, PackedBatch) else None
+        # A layout seen before was checked against the spec in full: only values are left to check.
+        known = self._packed_checks.get(packed.layout) if packed is not None else None
         spec = self._spec
+        fields: dict[str, np.ndarray] | None = None
         try:
-            candidate = spec if spec is not None else TableSpec.from_batch(fields)
-            n = candidate.validate(fields)
+            if known is not None:
+                n = known[0].count(packed.rows)
+            else:
+                fields = packed.fields if packed is not None else batch
+                candidate = spec if spec is not None else TableSpec.from_batch(fields)
+                n = candidate.validate(fields)
         except BatchRejected:
             with self._cond:
                 self._rejected_batches += 1
             raise
         with self._cond:
-            if self._spec is None:
-                self._set_spec(candidate)
-            elif candidate is not self._spec:
-                try:  # another batch fixed the spec while this one was validated
-                    self._spec.validate(fields)
-                except BatchRejected:
-                    self._rejected_batches += 1
-                    raise
+            if known is None:
+                if self._spec is None:
+                    self._set_spec(candidate)
+                elif candidate is not self._spec:
+                    try:  # another batch fixed the spec while this one was validated
+                        self._spec.validate(fields)
+                    except BatchRejected:
+                        self._rejected_batches += 1
+                        raise
+                if packed is not None:
+                    known = self._remember_layout(packed.layout)
             if sequence <= self._last_sequence.get(actor_id, -1):
                 self._duplicate_batches += 1
                 return InsertResult(stored=False, table_size=len(self))
-            self._insert_wait_s += self._wait(
-                lambda: self._limiter.can_insert(len(self)), timeout, is_active, "insert"
-            )
-            if sequence <= self._last_sequence.get(actor_id, -1):  # a resend raced us while we waited
-                self._duplicate_batches += 1
-                return InsertResult(stored=False, table_size=len(self))
-            self._store(fields, n, policy_version)
+            if self._closed or not self._limiter.can_insert(len(self)):
+                self._insert_wait_s += self._wait(
+                    lambda: self._limiter.can_insert(len(self)), timeout, is_active, "insert"
+                )
+                if sequence <= self._last_sequence.get(actor_id, -1):  # a resend raced us while we waited
+                    self._duplicate_batches += 1
+                    return InsertResult(stored=False, table_size=len(self))
+            if known is not None and known[1]:
+                self._store_rows(packed, n, policy_version)
+            else:
+                self._store(fields if fields is not None else packed.fields, n, policy_version)
             self._last_sequence[actor_id] = sequence
             self._inserted_batches += 1
             self._cond.notify_all()
@@ -172,23 +227,25 @@ class Table:
         """Draw `batch_size` items (with replacement); waits for min size and the rate limiter."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        limiter = self._limiter
         with self._cond:
-            self._sample_wait_s += self._wait(
-                lambda: self._limiter.can_sample(len(self)), timeout, is_active, "sample"
-            )
+            if self._closed or not limiter.can_sample(len(self)):
+                self._sample_wait_s += self._wait(
+                    lambda: limiter.can_sample(len(self)), timeout, is_active, "sample"
+                )
             storage = self._storage
             assert storage is not None  # can_sample implies items
             slots, probs = self._sampler.sample(batch_size, self._rng)
             batch = SampledBatch(
-                keys=storage.keys[slots],
-                probabilities=probs,
-                weights=self._importance_weights(probs, storage.size),
-                policy_version=storage.policy_version[slots],
-                fields=storage.read(slots),
+                rows=storage.gather(slots),
+                layout=storage.layout,
                 table_size=storage.size,
+                sampled_probabilities=probs,
+                importance_exponent=self.config.importance_exponent,
             )
-            self._limiter.record_sample(batch_size)
-            self._cond.notify_all()
+            limiter.record_sample(batch_size)
+            if limiter.samples_per_insert is not None:  # only then can inserts wait for samples
+                self._cond.notify_all()
             return batch
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
@@ -328,24 +385,47 @@ class Table:
         self._spec = spec
         self._storage = RingStorage(spec, self.config.capacity)
 
+    def _remember_layout(self, layout: RowLayout) -> tuple[PackedCheck, bool]:
+        """(lock held, layout validated against the spec) Its check, and whether its rows copy as a block."""
+        if len(self._packed_checks) >= _MAX_LAYOUTS:
+            self._packed_checks.clear()
+        assert self._storage is not None
+        known = (PackedCheck.of(layout), layout.is_prefix_of(self._storage.layout))
+        self._packed_checks[layout] = known
+        return known
+
     def _store(self, fields: dict[str, np.ndarray], n: int, policy_version: int) -> None:
         storage = self._storage
         assert storage is not None
         if n > storage.capacity:  # only the newest `capacity` items can be kept
             fields = {k: v[n - storage.capacity :] for k, v in fields.items()}
             n = storage.capacity
-        slots, evict = self._remover.select(storage, n)
-        if len(evict):
-            self._sampler.delete(evict)
-            storage.free(evict)
+        slots = self._make_room(n)
         storage.write(slots, fields, policy_version)
         self._sampler.insert(slots)
         self._limiter.record_insert(n)
 
-    def _importance_weights(self, probs: np.ndarray, size: int) -> np.ndarray:
-        if self._sampler.name == "uniform":
-            return np.ones(len(probs))
-        return (size * probs) ** (-self.config.importance_exponent)
+    def _store_rows(self, packed: PackedBatch, n: int, policy_version: int) -> None:
+        """Store rows packed as the storage lays them out: one block copy."""
+        storage = self._storage
+        assert storage is not None
+        rows = packed.rows
+        if n > storage.capacity:
+            rows, n = rows[n - storage.capacity :], storage.capacity
+        slots = self._make_room(n)
+        storage.write_rows(slots, rows, packed.layout, policy_version)
+        self._sampler.insert(slots)
+        self._limiter.record_insert(n)
+
+    def _make_room(self, n: int) -> np.ndarray:
+        """The slots for `n` new items, evicting the items that held them."""
+        storage = self._storage
+        assert storage is not None
+        slots, evict = self._remover.select(storage, n)
+        if len(evict):
+            self._sampler.delete(evict)
+            storage.free(evict)
+        return slots
 
     def _wait(
         self,

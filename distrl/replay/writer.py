@@ -1,9 +1,15 @@
-"""ReplayWriter: one actor's batches to its home shard, with failover and a bounded unacked window."""
+"""ReplayWriter: one actor's batches to its home shard, with failover and a bounded unacked window.
+
+Batches are packed into rows before they are queued (`pack_transition_batch`),
+so a batch that cannot be packed fails in `insert` itself, and a resend is the
+same bytes again.
+"""
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import zlib
@@ -24,7 +30,7 @@ from distrl.replay.connections import (
     ShardConnection,
     status_of,
 )
-from distrl.replay.messages import encode_transition_batch
+from distrl.replay.messages import pack_transition_batch
 from distrl.replay.server import REJECTED_FIELD_KEY, SERVICE_NAME
 from distrl.wire.codec import CompressionName
 
@@ -32,6 +38,8 @@ if TYPE_CHECKING:
     from distrl.replay.client import ReplayClient
 
 log = logging.getLogger(__name__)
+
+_NUMBERED = re.compile(r"(.*)-([0-9]+)", re.DOTALL)
 
 
 class BatchRejectedError(ValueError):
@@ -58,8 +66,18 @@ class WriterStats:
 
 
 def home_shard(actor_id: str, num_shards: int) -> int:
-    """The shard an actor writes to while it is up: crc32 is stable across processes and runs."""
-    return zlib.crc32(actor_id.encode()) % num_shards
+    """The shard an actor writes to while it is up; stable across processes and runs.
+
+    Launchers number their actors (`actor-0`, `actor-1`, ...): an id ending in
+    `-<digits>` goes to `(crc32(prefix) + index) % num_shards`, so consecutive
+    actors land on consecutive shards instead of wherever their hashes fall.
+    Other ids go to `crc32(id) % num_shards`.
+    """
+    match = _NUMBERED.fullmatch(actor_id)
+    if match is None:
+        return zlib.crc32(actor_id.encode()) % num_shards
+    prefix, index = match.groups()
+    return (zlib.crc32(prefix.encode()) + int(index)) % num_shards
 
 
 def _rejected_field(error: grpc.RpcError) -> str:
@@ -183,11 +201,13 @@ class ReplayWriter:
         """Queue one batch (columnar arrays with a shared leading dimension); returns its sequence.
 
         Blocks while `max_in_flight` batches are unacked (the shard's rate limiter
-        holds acks back). Raises BatchRejectedError for an earlier batch the shard
-        rejected (this call's batch is then not queued), ReplayClientError on
-        unrecoverable errors and TimeoutError when the window stays full for `timeout`.
+        holds acks back). Raises ValueError naming a field that cannot be packed (a
+        scalar, a length that differs from the first field's, an unsupported dtype),
+        BatchRejectedError for an earlier batch the shard rejected (this call's batch is
+        then not queued), ReplayClientError on unrecoverable errors and TimeoutError when
+        the window stays full for `timeout`.
         """
-        request = encode_transition_batch(
+        request = pack_transition_batch(
             fields,
             table=self._client.table,
             actor_id=self.actor_id,

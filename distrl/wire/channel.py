@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -56,8 +59,12 @@ def open_channel(
     security: SecurityConfig | None = None,
     keepalive: KeepaliveConfig | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    extra_options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
-    """A channel to `address` (host:port) honouring TLS, token and keepalive settings."""
+    """A channel to `address` (host:port) honouring TLS, token and keepalive settings.
+
+    `extra_options` are further gRPC channel options (`(key, value)` pairs).
+    """
     security = security or SecurityConfig()
     options = [
         *keepalive_options(keepalive or KeepaliveConfig()),
@@ -66,6 +73,7 @@ def open_channel(
         # Fail fast when a peer is down instead of backing off for up to two minutes.
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
+        *extra_options,
     ]
     if security.tls_server_name:
         options.append(("grpc.ssl_target_name_override", security.tls_server_name))

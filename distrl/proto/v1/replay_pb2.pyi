@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TransitionBatch(_message.Message):
-    __slots__ = ("table", "actor_id", "sequence", "policy_version", "fields")
+    __slots__ = ("table", "actor_id", "sequence", "policy_version", "fields", "rows", "layout")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,12 +22,36 @@ class TransitionBatch(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     table: str
     actor_id: str
     sequence: int
     policy_version: int
     fields: _containers.MessageMap[str, _tensor_pb2.Tensor]
-    def __init__(self, table: _Optional[str] = ..., actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., policy_version: _Optional[int] = ..., fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+    rows: _tensor_pb2.Tensor
+    layout: RowLayout
+    def __init__(self, table: _Optional[str] = ..., actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., policy_version: _Optional[int] = ..., fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layout: _Optional[_Union[RowLayout, _Mapping]] = ...) -> None: ...
+
+class RowLayout(_message.Message):
+    __slots__ = ("row_bytes", "columns")
+    ROW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    row_bytes: int
+    columns: _containers.RepeatedCompositeFieldContainer[RowColumn]
+    def __init__(self, row_bytes: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[RowColumn, _Mapping]]] = ...) -> None: ...
+
+class RowColumn(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: _tensor_pb2.DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class InsertAck(_message.Message):
     __slots__ = ("actor_id", "sequence", "stored", "table_size")
@@ -42,39 +66,46 @@ class InsertAck(_message.Message):
     def __init__(self, actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., stored: _Optional[bool] = ..., table_size: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("table", "batch_size", "num_batches", "rate_limiter_timeout_ms")
+    __slots__ = ("table", "batch_size", "num_batches", "rate_limiter_timeout_ms", "credit_id")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITER_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_ID_FIELD_NUMBER: _ClassVar[int]
     table: str
     batch_size: int
     num_batches: int
     rate_limiter_timeout_ms: int
-    def __init__(self, table: _Optional[str] = ..., batch_size: _Optional[int] = ..., num_batches: _Optional[int] = ..., rate_limiter_timeout_ms: _Optional[int] = ...) -> None: ...
+    credit_id: str
+    def __init__(self, table: _Optional[str] = ..., batch_size: _Optional[int] = ..., num_batches: _Optional[int] = ..., rate_limiter_timeout_ms: _Optional[int] = ..., credit_id: _Optional[str] = ...) -> None: ...
+
+class SampleGrant(_message.Message):
+    __slots__ = ("credit_id", "num_batches")
+    CREDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    credit_id: str
+    num_batches: int
+    def __init__(self, credit_id: _Optional[str] = ..., num_batches: _Optional[int] = ...) -> None: ...
+
+class GrantSamplesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class SampleBatch(_message.Message):
-    __slots__ = ("table", "keys", "probabilities", "table_size", "policy_version", "fields")
-    class FieldsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: _tensor_pb2.Tensor
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    __slots__ = ("table", "probabilities", "table_size", "rows", "layout", "weights")
     TABLE_FIELD_NUMBER: _ClassVar[int]
-    KEYS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
-    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     table: str
-    keys: _tensor_pb2.Tensor
     probabilities: _tensor_pb2.Tensor
     table_size: int
-    policy_version: _tensor_pb2.Tensor
-    fields: _containers.MessageMap[str, _tensor_pb2.Tensor]
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., table_size: _Optional[int] = ..., policy_version: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+    rows: _tensor_pb2.Tensor
+    layout: RowLayout
+    weights: _tensor_pb2.Tensor
+    def __init__(self, table: _Optional[str] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., table_size: _Optional[int] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layout: _Optional[_Union[RowLayout, _Mapping]] = ..., weights: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class UpdatePrioritiesRequest(_message.Message):
     __slots__ = ("table", "keys", "priorities")

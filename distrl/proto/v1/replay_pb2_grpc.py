@@ -46,6 +46,11 @@ class ReplayStub:
                 request_serializer=distrl_dot_v1_dot_replay__pb2.SampleRequest.SerializeToString,
                 response_deserializer=distrl_dot_v1_dot_replay__pb2.SampleBatch.FromString,
                 _registered_method=True)
+        self.GrantSamples = channel.stream_unary(
+                '/distrl.v1.Replay/GrantSamples',
+                request_serializer=distrl_dot_v1_dot_replay__pb2.SampleGrant.SerializeToString,
+                response_deserializer=distrl_dot_v1_dot_replay__pb2.GrantSamplesResponse.FromString,
+                _registered_method=True)
         self.UpdatePriorities = channel.unary_unary(
                 '/distrl.v1.Replay/UpdatePriorities',
                 request_serializer=distrl_dot_v1_dot_replay__pb2.UpdatePrioritiesRequest.SerializeToString,
@@ -77,7 +82,21 @@ class ReplayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Sample(self, request, context):
-        """Streams `num_batches` batches (0: until cancelled) of `batch_size` items.
+        """Streams `num_batches` batches (0: until cancelled) of `batch_size` items,
+        or, with `credit_id` set, as many as GrantSamples grants (see there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantSamples(self, request_iterator, context):
+        """Credit for paced Sample calls. Every batch a shard streams counts as
+        sampled for its rate limiter, so a learner that has stopped taking
+        batches must not leave thousands of them in transport buffers: a paced
+        call (SampleRequest.credit_id set) streams until cancelled, but only the
+        batches granted to it, `num_batches` up front and then each grant's here.
+        ReplayClient keeps one grant stream beside each paced call and grants as
+        its learner takes batches. Grants for a call that has ended are ignored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +132,11 @@ def add_ReplayServicer_to_server(servicer, server):
                     servicer.Sample,
                     request_deserializer=distrl_dot_v1_dot_replay__pb2.SampleRequest.FromString,
                     response_serializer=distrl_dot_v1_dot_replay__pb2.SampleBatch.SerializeToString,
+            ),
+            'GrantSamples': grpc.stream_unary_rpc_method_handler(
+                    servicer.GrantSamples,
+                    request_deserializer=distrl_dot_v1_dot_replay__pb2.SampleGrant.FromString,
+                    response_serializer=distrl_dot_v1_dot_replay__pb2.GrantSamplesResponse.SerializeToString,
             ),
             'UpdatePriorities': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdatePriorities,
@@ -185,6 +209,33 @@ class Replay:
             '/distrl.v1.Replay/Sample',
             distrl_dot_v1_dot_replay__pb2.SampleRequest.SerializeToString,
             distrl_dot_v1_dot_replay__pb2.SampleBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantSamples(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/distrl.v1.Replay/GrantSamples',
+            distrl_dot_v1_dot_replay__pb2.SampleGrant.SerializeToString,
+            distrl_dot_v1_dot_replay__pb2.GrantSamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,

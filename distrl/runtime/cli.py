@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from distrl.runtime.local import CONFIG_FILE
+from distrl.runtime.run import CONFIG_FILE
 
 
 def train(

@@ -13,12 +13,9 @@ replay), and `distrl train --resume RUN_DIR` continues from there.
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -27,22 +24,12 @@ from distrl.config import ExperimentConfig
 from distrl.replay.config import ReplayShardConfig
 from distrl.runtime import scaling
 from distrl.runtime.process import ChildProcess, ComponentFailed, distrl_argv
+from distrl.runtime.run import CONFIG_FILE, RunResult, coordinated_run, finished_reason, prepare_run_dir
 from distrl.telemetry import Coordinator
-from distrl.wire import start_server
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-PROGRESS_FILE = "progress.json"
 MAX_BACKOFF_S = 60.0
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    env_steps: int
-    updates: int
-    reason: str
 
 
 def _token_env(config: ExperimentConfig) -> dict[str, str]:
@@ -74,14 +61,6 @@ class LocalLauncher:
         self._reason = "stopped"
 
     # -- set-up ---------------------------------------------------------------------------------
-
-    def _prepare(self) -> dict | None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "logs").mkdir(exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(self.config.to_yaml())
-        scaling.discard_scale_request(self.run_dir)
-        progress = self.run_dir / PROGRESS_FILE
-        return json.loads(progress.read_text()) if progress.exists() else None
 
     def _child(self, name: str, args: list[str], server: bool, restartable: bool) -> ChildProcess:
         child = ChildProcess(
@@ -140,64 +119,41 @@ class LocalLauncher:
 
     def run(self) -> RunResult:
         cfg = self.config
-        resume_from = self._prepare()
-        coordinator = Coordinator(
-            self.run_dir,
-            cfg.telemetry,
-            total_env_steps=cfg.train.total_env_steps,
-            run_config=cfg.model_dump(mode="json"),
-            resume_from=resume_from,
-        )
-        coord_server = start_server(
-            [coordinator.register],
-            coordinator.service_names,
-            host=cfg.network.host,
-            port=0,
-            security=cfg.network.security,
-            keepalive=cfg.network.keepalive,
-        )
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        display = coordinator.console() if self.console else None
-        try:
-            replay, params = self._start_servers()
-            common = self._common = self._component_args(replay, params, coord_server.address)
-            self._child("learner", ["serve", "learner", *common, "--run-dir", str(self.run_dir)], False, True)
-            for i in range(cfg.actors.num_actors):
-                self._child(f"actor-{i}", ["serve", "actor", *common, "--index", str(i)], False, True)
-            if cfg.eval.enabled:
-                self._child("evaluator", ["serve", "evaluator", *common], False, True)
-            for child in self.children.values():
-                if child.proc is None:
-                    child.start()
-            if display is not None:
-                display.start()
-            self._supervise(coordinator)
-        finally:
-            self._shutdown()
-            if display is not None:
-                display.stop()
-            coordinator.close()
-            coord_server.stop(1.0)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        snap = coordinator.snapshot()
+        resume_from = prepare_run_dir(cfg, self.run_dir)
+        with coordinated_run(
+            cfg, self.run_dir, resume_from, cfg.network.host, self.console, self.request_stop
+        ) as coord:
+            try:
+                replay, params = self._start_servers()
+                common = self._common = self._component_args(replay, params, coord.address)
+                self._child(
+                    "learner", ["serve", "learner", *common, "--run-dir", str(self.run_dir)], False, True
+                )
+                for i in range(cfg.actors.num_actors):
+                    self._child(f"actor-{i}", ["serve", "actor", *common, "--index", str(i)], False, True)
+                if cfg.eval.enabled:
+                    self._child("evaluator", ["serve", "evaluator", *common], False, True)
+                for child in self.children.values():
+                    if child.proc is None:
+                        child.start()
+                coord.start_display()
+                self._supervise(coord.coordinator)
+            finally:
+                self._shutdown()
+        snap = coord.coordinator.snapshot()
         return RunResult(self.run_dir, int(snap.env_steps), int(snap.updates), self._reason)
 
-    def _on_signal(self, _signum, _frame) -> None:
-        self._reason = "interrupted"
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Stop the run (what SIGINT and SIGTERM do)."""
+        self._reason = reason
         self._stop.set()
 
     def _supervise(self, coordinator: Coordinator) -> None:
         cfg = self.config
         while not self._stop.wait(0.2):
-            snap = coordinator.snapshot()
-            if snap.env_steps >= cfg.train.total_env_steps:
-                self._reason = f"reached {cfg.train.total_env_steps} env steps"
-                return
-            target = cfg.train.target_eval_return
-            solved = snap.last.get("eval/return_mean")
-            if target is not None and solved is not None and solved >= target:
-                self._reason = f"solved: eval return {solved:.1f} >= {target:g} at {snap.env_steps} env steps"
+            reason = finished_reason(cfg, coordinator.snapshot())
+            if reason is not None:
+                self._reason = reason
                 return
             learner = self.children["learner"]
             if learner.returncode() == 0:

@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 import threading
 import time
@@ -49,7 +48,6 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from distrl.config import ExperimentConfig, RayConfig
 from distrl.replay.config import ReplayShardConfig
 from distrl.runtime import scaling
-from distrl.runtime.local import CONFIG_FILE, PROGRESS_FILE, RunResult
 from distrl.runtime.process import ComponentFailed
 from distrl.runtime.ray_components import (
     ActorComponent,
@@ -60,8 +58,8 @@ from distrl.runtime.ray_components import (
     ParamServerComponent,
     ReplayShardComponent,
 )
+from distrl.runtime.run import RunResult, coordinated_run, finished_reason, prepare_run_dir
 from distrl.telemetry import Coordinator
-from distrl.wire import start_server
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +133,6 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise ComponentFailed(f"cannot reach the Ray cluster at {address}: {exc}") from None
-
-
-def _is_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 class RayLauncher:
@@ -295,60 +289,30 @@ class RayLauncher:
 
     # -- the run ----------------------------------------------------------------------------------
 
-    def _prepare(self) -> dict | None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "logs").mkdir(exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(self.config.to_yaml())
-        scaling.discard_scale_request(self.run_dir)
-        progress = self.run_dir / PROGRESS_FILE
-        return json.loads(progress.read_text()) if progress.exists() else None
-
     def run(self) -> RunResult:
         cfg = self.config
-        resume_from = self._prepare()
+        resume_from = prepare_run_dir(cfg, self.run_dir)
         started_ray = self._connect()
         try:
-            coordinator = Coordinator(
-                self.run_dir,
-                cfg.telemetry,
-                total_env_steps=cfg.train.total_env_steps,
-                run_config=cfg.model_dump(mode="json"),
-                resume_from=resume_from,
-            )
-            self._coordinator = coordinator
             # Components on other nodes report here: listen on this node's cluster address.
-            coord_server = start_server(
-                [coordinator.register],
-                coordinator.service_names,
-                host=ray.util.get_node_ip_address(),
-                port=0,
-                security=cfg.network.security,
-                keepalive=cfg.network.keepalive,
-            )
-            self._telemetry = coord_server.address
-            previous = {}
-            if _is_main_thread():
-                previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-            display = coordinator.console() if self.console else None
-            try:
-                self._start_servers()
-                self._create_loop("learner")
-                for i in range(cfg.actors.num_actors):
-                    self._create_loop(f"actor-{i}")
-                if cfg.eval.enabled:
-                    self._create_loop("evaluator")
-                coordinator.note(f"{len(self.components)} components placed on the Ray cluster")
-                if display is not None:
-                    display.start()
-                self._supervise(coordinator)
-            finally:
-                self._shutdown()
-                if display is not None:
-                    display.stop()
-                coordinator.close()
-                coord_server.stop(1.0)
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
+            host = ray.util.get_node_ip_address()
+            with coordinated_run(
+                cfg, self.run_dir, resume_from, host, self.console, self._on_signal
+            ) as coord:
+                coordinator = self._coordinator = coord.coordinator
+                self._telemetry = coord.address
+                try:
+                    self._start_servers()
+                    self._create_loop("learner")
+                    for i in range(cfg.actors.num_actors):
+                        self._create_loop(f"actor-{i}")
+                    if cfg.eval.enabled:
+                        self._create_loop("evaluator")
+                    coordinator.note(f"{len(self.components)} components placed on the Ray cluster")
+                    coord.start_display()
+                    self._supervise(coordinator)
+                finally:
+                    self._shutdown()
         finally:
             if started_ray:
                 ray.shutdown()
@@ -360,18 +324,14 @@ class RayLauncher:
         self._reason = reason
         self._stop.set()
 
-    def _on_signal(self, _signum, _frame) -> None:
+    def _on_signal(self) -> None:
         self.request_stop("interrupted")
 
     def _finished(self, coordinator: Coordinator) -> str | None:
         cfg = self.config
-        snap = coordinator.snapshot()
-        if snap.env_steps >= cfg.train.total_env_steps:
-            return f"reached {cfg.train.total_env_steps} env steps"
-        target = cfg.train.target_eval_return
-        solved = snap.last.get("eval/return_mean")
-        if target is not None and solved is not None and solved >= target:
-            return f"solved: eval return {solved:.1f} >= {target:g} at {snap.env_steps} env steps"
+        reason = finished_reason(cfg, coordinator.snapshot())
+        if reason is not None:
+            return reason
         learner = self.components.get("learner")
         if learner is not None and learner.status is not None and learner.status.state == "finished":
             return "learner finished"

@@ -31,8 +31,11 @@ class Result:
     def ratio(self) -> float | None:
         if not self.baseline_value or not self.value:
             return None
+        if (self.value < 0) != (self.baseline_value < 0):
+            return None  # a ratio of opposite signs says nothing
         r = self.value / self.baseline_value
-        return 1.0 / r if self.lower_is_better else r
+        # Both negative (e.g. returns): the less negative is better, so invert like a cost.
+        return 1.0 / r if self.lower_is_better != (self.value < 0) else r
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -444,14 +444,24 @@ def test_wandb_offline_run_has_history(tmp_path, monkeypatch):
 
     runs = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, list(run_dir.rglob("*"))
-    history = []
-    for raw in _wandb_records(runs[0]):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
-            history.append((record.history.step.num, json.loads(items["actor/episode_return"])))
-    assert history == [(100, 10.0), (200, 20.0), (300, 30.0)]
+
+    def history() -> list[tuple[int, float]]:
+        found = []
+        for raw in _wandb_records(runs[0]):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "history":
+                items = {
+                    item.key or "/".join(item.nested_key): item.value_json for item in record.history.item
+                }
+                found.append((record.history.step.num, json.loads(items["actor/episode_return"])))
+        return found
+
+    # wandb's own service process writes the file; on a busy machine it may lag behind finish().
+    deadline = time.monotonic() + 60
+    while len(history()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert history() == [(100, 10.0), (200, 20.0), (300, 30.0)]
 
 
 def test_wandb_mode_resolution(tmp_path):

@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import typer
 import yaml
+from run_helpers import last, wait_for
 
 from distrl.cli import app as distrl_app
 from distrl.config import ConfigError, load_config
@@ -290,36 +291,12 @@ def test_ray_cluster_config_is_valid_for_ray_up():
 # -- real runs -----------------------------------------------------------------------------------
 
 
-def rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def last(run_dir: Path, key: str):
-    values = [r[key] for r in rows(run_dir) if key in r]
-    return values[-1] if values else None
-
-
 def components(run_dir: Path) -> dict[str, dict]:
     try:
         data = json.loads((run_dir / "components.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
     return {c["name"]: c for c in data["components"]}
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run exited ({proc.returncode}) while waiting for {what}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pids_using(directory: Path) -> list[int]:

@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from run_helpers import last, rows, wait_for
 
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
 
@@ -28,18 +28,6 @@ def distrl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
-
-
-def rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def last(run_dir: Path, key: str):
-    values = [r[key] for r in rows(run_dir) if key in r]
-    return values[-1] if values else None
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +112,6 @@ def _pid_of(run_dir: Path, name: str) -> int | None:
         if str(run_dir) in cmd and "serve actor" in cmd and needle in cmd:
             return int(proc.name)
     return None
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_actor_killed_with_sigkill_is_restarted(tmp_path: Path):

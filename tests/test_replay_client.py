@@ -272,6 +272,37 @@ def test_two_shards_are_sampled_in_proportion_to_their_size():
         assert counts[0] / counts[1] == 3
 
 
+def test_a_shard_without_new_data_is_left_out_once_its_rate_limiter_holds_it_back():
+    # One sample per insert. Shard 1's error buffer lets it take its first 200 items unsampled and then
+    # serve about 390 samples before it needs more inserts; shard 0's buffer is ample.
+    table = dict(capacity=10_000, samples_per_insert=1.0, min_size_to_sample=10)
+    with (
+        shard(seed=1, error_buffer=100_000.0, **table) as (_, a),
+        shard(seed=2, error_buffer=200.0, **table) as (_, b),
+        ReplayClient([a.address, b.address], prefetch=1, rate_limiter_timeout_s=0.2) as client,
+    ):
+        _fill(client, 0, range(0, 200), "a")
+        _fill(client, 1, range(1000, 1200), "b")
+        assert set(client.sample(64, timeout=10).shard) == {0, 1}
+        # From now on only shard 0 gets data (as after scaling down to fewer actors than shards).
+        from_b, next_id = 0, 2000
+        with client.writer(actor_with_home(0, 2, "a2")) as w:
+            for _ in range(40):
+                w.insert(batch(range(next_id, next_id + 64)))
+                next_id += 64
+                s = client.sample(64, timeout=10)  # never stalls on shard 1
+                check_rows(s.fields)
+                from_b += int((s.shard == 1).sum())
+        assert from_b <= 390 + client.sample_window * 64  # shard 1's limiter held: its budget, prefetch
+        stats = client.sampler_stats()
+        assert stats.shards_held_back == [False, True], stats
+        assert (client.sample(64, timeout=10).shard == 0).all()
+        # Shard 1 gets data again: it delivers and is back in the batches.
+        _fill(client, 1, range(5000, 5400), "b2")
+        wait_for(lambda: (client.sample(64, timeout=10).shard == 1).any(), message="shard 1 sampled again")
+        assert client.sampler_stats().shards_held_back == [False, False]
+
+
 def test_dead_shard_is_skipped_by_the_sampler_and_retried():
     with shard(capacity=1000) as (_, a), ReplayClient([a.address], retry_interval_s=0.1) as fill:
         _fill(fill, 0, range(0, 100), "x")

@@ -11,6 +11,13 @@ receives the batch holding it; and the client grants more (on a GrantSamples
 stream beside the call) as the learner takes batches. So a shard never
 samples more than the window ahead of the learner.
 
+A shard whose rate limiter has held its stream back for a whole
+`rate_limiter_timeout_s` (no actor writes to it any more, say, after a
+scale-down) is left out of the proportional split until it delivers again, so
+the learner goes on with the shards that do get data instead of waiting on
+one that never will. Shorter holds do not count: shards fed at a similar pace
+stay in every batch.
+
 Both calls are long-lived. Bounded Sample calls re-opened as they drain
 (`num_batches` as the credit) were measured at under half the throughput:
 every call pays gRPC's call setup and starts with a fresh HTTP/2 flow-control
@@ -85,6 +92,8 @@ class SamplerStats:
     # Credit grants sent to the shards (each lets a shard send some more chunks).
     grants: int = 0
     shards_up: list[bool] = field(default_factory=list)
+    # Shards left out of batches because their rate limiter holds them back (see the module doc).
+    shards_held_back: list[bool] = field(default_factory=list)
     shard_sizes: list[int] = field(default_factory=list)
 
 
@@ -119,6 +128,9 @@ class _ShardFeed:
         self.size = 0  # the shard's table size with its latest batch
         self.up = False
         self.waiting_since = time.monotonic()  # last message (or rate-limiter timeout) seen
+        # The rate limiter held the call back for a whole timeout since the last message: the shard is
+        # left out of learner batches until it delivers again.
+        self.held_back = False
 
     def drop(self) -> None:
         self.chunks.clear()
@@ -126,6 +138,7 @@ class _ShardFeed:
         self.available = 0
         self.size = 0
         self.up = False
+        self.held_back = False
 
     def take(self, n: int) -> list[DecodedSample]:
         """The first `n` items as pieces (views; whole chunks pass through uncopied)."""
@@ -243,6 +256,7 @@ class BatchPrefetcher:
         with self._cond:
             s = SamplerStats(**{k: v for k, v in self._stats.__dict__.items() if not isinstance(v, list)})
             s.shards_up = [f.up for f in self._feeds]
+            s.shards_held_back = [f.held_back for f in self._feeds]
             s.shard_sizes = [f.size for f in self._feeds]
             return s
 
@@ -324,6 +338,7 @@ class BatchPrefetcher:
                 feed.available += decoded.size
                 feed.size = decoded.table_size
                 feed.up = True
+                feed.held_back = False
                 feed.waiting_since = time.monotonic()
                 while len(self._ready) < prefetch and self._assemble():
                     pass
@@ -338,6 +353,18 @@ class BatchPrefetcher:
                 now = time.monotonic()
                 self._stats.rate_limited_wait_s += now - feed.waiting_since
                 feed.waiting_since = now
+                if not feed.held_back:
+                    feed.held_back = True
+                    if feed.up and any(f.up and not f.held_back for f in self._feeds):
+                        log.info(
+                            "replay shard %s: its rate limiter holds sampling back (no new data?); "
+                            "sampling the other shards until it delivers again",
+                            address,
+                        )
+                    # The other shards may now make a batch on their own.
+                    while len(self._ready) < self._client.prefetch and self._assemble():
+                        pass
+                    self._cond.notify_all()
             return True
         fatal = code in FATAL_CODES or code == grpc.StatusCode.INVALID_ARGUMENT
         self._drop(feed)
@@ -362,7 +389,9 @@ class BatchPrefetcher:
     def _assemble(self) -> bool:
         """(lock held) Cut one learner batch from the feeds into the ready queue, if they hold enough."""
         feeds = self._feeds
-        counts = proportional_counts([f.size if f.up else 0 for f in feeds], self.batch_size)
+        counts = proportional_counts(
+            [f.size if f.up and not f.held_back else 0 for f in feeds], self.batch_size
+        )
         if counts is None:
             return False
         for f, c in zip(feeds, counts, strict=True):

@@ -102,10 +102,12 @@ def scale(
         typer.echo(f"error: {run_dir / CONFIG_FILE} not found: not a distrl run directory", err=True)
         raise typer.Exit(2)
     try:
-        scaling.check_actor_count(load_config(run_dir / CONFIG_FILE), actors)
-    except (ConfigError, scaling.ScaleRequestError) as exc:
+        warning = scaling.actor_count_warning(load_config(run_dir / CONFIG_FILE), actors)
+    except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if warning:
+        typer.echo(f"note: {warning}", err=True)
     scaling.request_scale(run_dir, actors)
     deadline = time.monotonic() + wait_s
     while scaling.pending(run_dir) and time.monotonic() < deadline:

@@ -186,11 +186,14 @@ class LocalLauncher:
             request = scaling.take_scale_request(self.run_dir)
             if request is None:
                 return
-            scaling.check_actor_count(self.config, request.actors)
         except scaling.ScaleRequestError as exc:
             log.warning("scale request refused: %s", exc)
             coordinator.note(f"scale request refused: {exc}")
             return
+        warning = scaling.actor_count_warning(self.config, request.actors)
+        if warning:
+            log.warning("%s", warning)
+            coordinator.note(warning)
         actors = sorted((n for n in self.children if n.startswith("actor-")), key=lambda n: int(n[6:]))
         for i in range(request.actors):
             name = f"actor-{i}"

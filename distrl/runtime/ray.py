@@ -445,11 +445,14 @@ class RayLauncher:
             request = scaling.take_scale_request(self.run_dir)
             if request is None:
                 return
-            scaling.check_actor_count(self.config, request.actors)
         except scaling.ScaleRequestError as exc:
             log.warning("scale request refused: %s", exc)
             coordinator.note(f"scale request refused: {exc}")
             return
+        warning = scaling.actor_count_warning(self.config, request.actors)
+        if warning:
+            log.warning("%s", warning)
+            coordinator.note(warning)
         self.scale_actors(request.actors)
 
     def scale_actors(self, count: int) -> None:

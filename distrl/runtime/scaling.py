@@ -68,19 +68,20 @@ def take_scale_request(run_dir: Path) -> ScaleRequest | None:
         raise ScaleRequestError(f"{path}: not a scale request ({exc.__class__.__name__}: {exc})") from None
 
 
-def check_actor_count(config: ExperimentConfig, actors: int) -> None:
-    """Raise ScaleRequestError unless `actors` keeps every replay shard written to.
+def actor_count_warning(config: ExperimentConfig, actors: int) -> str | None:
+    """What running `actors` actors costs, when it leaves replay shards without a writer; else None.
 
-    Actors write to consecutive shards (`home_shard`), so N >= K actors cover all K shards.
-    A shard that holds data but gets no more inserts stops being sampled once its rate
-    limiter's error buffer runs out, and the learner, which samples every shard, stalls.
+    Actors write to consecutive shards (`home_shard`), so N >= K actors cover all K shards. With
+    fewer, the shards nobody writes to keep their data, but once their rate limiter stops them
+    the learner samples only the shards that get new data (see `distrl.replay.sampler`).
     """
     shards = config.replay.num_shards
-    if actors < shards:
-        raise ScaleRequestError(
-            f"cannot run {actors} actors with {shards} replay shards: every shard needs an actor writing "
-            f"to it, or the learner stalls on that shard's rate limiter (use --actors {shards} or more)"
-        )
+    if actors >= shards:
+        return None
+    return (
+        f"{actors} actors for {shards} replay shards: {shards - actors} shard(s) get no new data; once "
+        "their rate limiter holds them back, the learner samples only the shards actors write to"
+    )
 
 
 def discard_scale_request(run_dir: Path) -> None:

@@ -1,14 +1,20 @@
 """SAC learning curves: distrl's distributed run vs Stable-Baselines3's SAC, same hyperparameters.
 
     .venv/bin/python benchmarks/learning_curve.py [--quick] [--json PATH] [--seeds 0,1,2] [--steps 100000]
+                                                  [--sequential]
 
 Both learn HalfCheetah-v5 with batch 256, lr 3e-4, gamma 0.99, tau 0.005, 256x256 networks,
 5,000 random warm-up steps and one update per env step (for distrl: 2 actors, 1 replay shard,
 samples_per_insert 256, i.e. the rate limiter holds the run at one update per env step).
 Reported per seed and on average: the mean return of the last 10 training episodes when each
 system passes 25%, 50% and 100% of the step budget, and the wall time to finish. Ratios: ours /
-SB3 for returns (higher is better) and SB3 / ours for wall time. Both run in this same
-invocation, one after the other, on the same machine.
+SB3 for returns (higher is better) and SB3 / ours for wall time.
+
+By default each seed's two runs start together and run side by side, one torch thread each (a
+2-core machine then gives each about one core, and the pair takes as long as the slower of the
+two); `--sequential` runs them one after the other instead. The curves (the mean of the last 10
+episode returns every 5% of the budget) are saved in the JSON, and each finished seed is written
+to the JSON at once, so a long run that is stopped keeps what it measured.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ def marks_for(steps: int) -> list[int]:
     return [steps // 4, steps // 2, steps]
 
 
+def marks_curve(steps: int) -> list[int]:
+    return [steps * k // 20 for k in range(1, 21)]
+
+
 def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float]:
     import gymnasium as gym
     import torch
@@ -41,7 +51,7 @@ def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)
-    marks = marks_for(steps)
+    marks = sorted(set(marks_for(steps) + marks_curve(steps)))
     returns: dict[int, float] = {}
 
     class Marks(BaseCallback):
@@ -74,7 +84,7 @@ def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float
     return returns, time.perf_counter() - start
 
 
-def run_ours(seed: int, steps: int, warmup: int, workdir: Path) -> tuple[dict[int, float], float]:
+def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> tuple[subprocess.Popen, Path, float]:
     run_dir = workdir / f"distrl-seed{seed}"
     argv = [
         sys.executable, "-m", "distrl.cli", "train", str(ROOT / "configs" / "sac_halfcheetah.yaml"),
@@ -83,14 +93,22 @@ def run_ours(seed: int, steps: int, warmup: int, workdir: Path) -> tuple[dict[in
         "eval.enabled=false", "learner.threads=1",
     ]  # fmt: skip
     start = time.perf_counter()
-    subprocess.run(argv, check=True, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
+    return proc, run_dir, start
+
+
+def finish_ours(
+    proc: subprocess.Popen, run_dir: Path, start: float, steps: int
+) -> tuple[dict[int, float], float]:
+    if proc.wait() != 0:
+        raise SystemExit(f"distrl train exited with {proc.returncode}; see {run_dir / 'logs'}")
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     episodes: list[tuple[int, float]] = [
         (r["env_steps"], r["actor/episode_return"]) for r in rows if "actor/episode_return" in r
     ]
     returns = {}
-    for m in marks_for(steps):
+    for m in sorted(set(marks_for(steps) + marks_curve(steps))):
         before = [ret for s, ret in episodes if s <= m][-10:]
         returns[m] = float(np.mean(before)) if before else float("nan")
     return returns, wall
@@ -100,18 +118,61 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--sequential", action="store_true", help="run ours, then SB3, instead of side by side")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     steps, warmup = args.steps, 5_000
     if args.quick:
         seeds, steps, warmup = seeds[:1], 4_000, 1_000
-    results: list[Result] = []
     per_system: dict[str, list[tuple[dict[int, float], float]]] = {"ours": [], "sb3": []}
+    config = {
+        "env": ENV_ID,
+        "seeds": seeds,
+        "steps": steps,
+        "warmup": warmup,
+        "side_by_side": not args.sequential,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            per_system["ours"].append(run_ours(seed, steps, warmup, Path(tmp)))
-            per_system["sb3"].append(run_sb3(seed, steps, warmup))
-            print(f"seed {seed}: ours {per_system['ours'][-1]}, sb3 {per_system['sb3'][-1]}", flush=True)
+            print(f"seed {seed}: running distrl and SB3 {'in turn' if args.sequential else 'side by side'} "
+                  f"for {steps:,} env steps ...", flush=True)  # fmt: skip
+            if args.sequential:
+                per_system["ours"].append(finish_ours(*start_ours(seed, steps, warmup, Path(tmp)), steps))
+                per_system["sb3"].append(run_sb3(seed, steps, warmup))
+            else:
+                proc, run_dir, start = start_ours(seed, steps, warmup, Path(tmp))
+                try:
+                    sb3 = run_sb3(seed, steps, warmup)
+                except BaseException:
+                    proc.terminate()
+                    raise
+                per_system["ours"].append(finish_ours(proc, run_dir, start, steps))
+                per_system["sb3"].append(sb3)
+            for name, runs in per_system.items():
+                returns, wall = runs[-1]
+                marks = ", ".join(f"{m:,}: {returns[m]:.1f}" for m in marks_for(steps))
+                print(f"  {name:5s} wall {wall:7.1f} s | return at {marks}", flush=True)
+            done = len(per_system["ours"])
+            write_json(args.json, "learning_curve", {**config, "seeds": seeds[:done], **curves(per_system)},
+                       summarize(per_system, steps))  # fmt: skip
+    results = summarize(per_system, steps)
+    print_table(results, title=f"learning curve: {len(seeds)} seed(s) x {steps} env steps")
+    write_json(args.json, "learning_curve", {**config, **curves(per_system)}, results)
+    return 0
+
+
+def curves(per_system: dict[str, list[tuple[dict[int, float], float]]]) -> dict:
+    return {
+        "curves": {
+            name: [{str(k): v for k, v in sorted(r.items())} for r, _ in runs]
+            for name, runs in per_system.items()
+        },
+        "wall_times": {name: [w for _, w in runs] for name, runs in per_system.items()},
+    }
+
+
+def summarize(per_system: dict[str, list[tuple[dict[int, float], float]]], steps: int) -> list[Result]:
+    results: list[Result] = []
     for m in marks_for(steps):
         ours = float(np.mean([r[m] for r, _ in per_system["ours"]]))
         sb3 = float(np.mean([r[m] for r, _ in per_system["sb3"]]))
@@ -121,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     results.append(
         Result(f"sac/{ENV_ID}/wall_time", ours_wall, "s", "sb3/wall_time", sb3_wall, lower_is_better=True)
     )
-    print_table(results, title=f"learning curve: {len(seeds)} seed(s) x {steps} env steps")
-    config = {"env": ENV_ID, "seeds": seeds, "steps": steps, "warmup": warmup}
-    write_json(args.json, "learning_curve", config, results)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

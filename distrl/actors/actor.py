@@ -92,6 +92,8 @@ class Actor:
                 self._buffer.add(rows)
                 if self._buffer.full():
                     self._send(writer, stop)
+                if finished:  # so the episode is counted at the step it ended, not at the last report
+                    reporter.report({}, env_steps=self.steps)
                 for ep in finished:
                     reporter.event("episode_return", ep.episode_return)
                     reporter.event("episode_length", ep.length)

@@ -24,7 +24,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +86,27 @@ def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float
     return returns, time.perf_counter() - start
 
 
-def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> tuple[subprocess.Popen, Path, float]:
+@dataclass
+class OursRun:
+    """distrl's run in a subprocess; a thread notes when it exits (SB3 may still be running then)."""
+
+    proc: subprocess.Popen
+    run_dir: Path
+    start: float
+    end: float | None = None
+    waiter: threading.Thread | None = None
+
+    def wait(self) -> float:
+        """The run's wall time, once it has exited."""
+        assert self.waiter is not None
+        self.waiter.join()
+        if self.proc.returncode != 0:
+            raise SystemExit(f"distrl train exited with {self.proc.returncode}; see {self.run_dir / 'logs'}")
+        assert self.end is not None
+        return self.end - self.start
+
+
+def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> OursRun:
     run_dir = workdir / f"distrl-seed{seed}"
     argv = [
         sys.executable, "-m", "distrl.cli", "train", str(ROOT / "configs" / "sac_halfcheetah.yaml"),
@@ -94,15 +116,20 @@ def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> tuple[subpr
     ]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
-    return proc, run_dir, start
+    run = OursRun(proc, run_dir, start)
+
+    def wait() -> None:
+        proc.wait()
+        run.end = time.perf_counter()
+
+    run.waiter = threading.Thread(target=wait, daemon=True)
+    run.waiter.start()
+    return run
 
 
-def finish_ours(
-    proc: subprocess.Popen, run_dir: Path, start: float, steps: int
-) -> tuple[dict[int, float], float]:
-    if proc.wait() != 0:
-        raise SystemExit(f"distrl train exited with {proc.returncode}; see {run_dir / 'logs'}")
-    wall = time.perf_counter() - start
+def finish_ours(run: OursRun, steps: int) -> tuple[dict[int, float], float]:
+    wall = run.wait()
+    run_dir = run.run_dir
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     episodes: list[tuple[int, float]] = [
         (r["env_steps"], r["actor/episode_return"]) for r in rows if "actor/episode_return" in r
@@ -137,16 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {seed}: running distrl and SB3 {'in turn' if args.sequential else 'side by side'} "
                   f"for {steps:,} env steps ...", flush=True)  # fmt: skip
             if args.sequential:
-                per_system["ours"].append(finish_ours(*start_ours(seed, steps, warmup, Path(tmp)), steps))
+                per_system["ours"].append(finish_ours(start_ours(seed, steps, warmup, Path(tmp)), steps))
                 per_system["sb3"].append(run_sb3(seed, steps, warmup))
             else:
-                proc, run_dir, start = start_ours(seed, steps, warmup, Path(tmp))
+                ours = start_ours(seed, steps, warmup, Path(tmp))
                 try:
                     sb3 = run_sb3(seed, steps, warmup)
                 except BaseException:
-                    proc.terminate()
+                    ours.proc.terminate()
                     raise
-                per_system["ours"].append(finish_ours(proc, run_dir, start, steps))
+                per_system["ours"].append(finish_ours(ours, steps))
                 per_system["sb3"].append(sb3)
             for name, runs in per_system.items():
                 returns, wall = runs[-1]

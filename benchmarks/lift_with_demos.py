@@ -1,6 +1,7 @@
 """Learning robosuite Lift (sparse reward) with and without demonstrations, side by side.
 
-    .venv/bin/python benchmarks/lift_with_demos.py [--quick] [--json PATH] [--steps N] [--seeds 0,1]
+    .venv/bin/python benchmarks/lift_with_demos.py [--quick] [--light] [--json PATH] [--steps N]
+                                                   [--seeds 0,1] [--bc-steps N] [--demo-episodes N]
 
 Three learners, the same env-step budget and seeds:
   * SAC + demos: configs/rlpd_lift.yaml (RLPD settings, every batch half scripted demos);
@@ -8,9 +9,13 @@ Three learners, the same env-step budget and seeds:
   * BC alone: the same policy network cloned on the same demos, no environment interaction.
 The demos are collected first with the scripted Lift controller. Reported: the success rate of the
 deterministic policy at each evaluation (for SAC: the evaluator's `eval/success_rate` against env
-steps), the final success rates, and the ratio SAC+demos / SAC without demos. A CPU-only machine
-runs the RLPD settings (a 10-critic ensemble, UTD 4) at a few updates per second, so only
-`--quick` budgets fit in minutes there.
+steps), the final success rates, and the ratio SAC+demos / SAC without demos.
+
+A CPU-only machine runs the full RLPD settings (a 10-critic ensemble, UTD 4) at a few updates per
+second. `--light` keeps RLPD's LayerNorm critics and 50/50 batches but uses two critics and one
+update per env step, which a 2-core CPU runs at tens of updates per second; `--quick` is `--light`
+with a budget of minutes. The JSON is rewritten after every arm, so a stopped run keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,39 +78,84 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=200_000)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--demo-episodes", type=int, default=50)
+    p.add_argument("--bc-steps", type=int, default=20_000)
+    p.add_argument("--eval-every", type=int, default=2_000, help="learner updates between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--light", action="store_true", help="two critics and UTD 1 (for a CPU)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    steps, demo_episodes, bc_steps, eval_every, episodes = args.steps, args.demo_episodes, 20_000, 2_000, 10
+    steps, demo_episodes, bc_steps = args.steps, args.demo_episodes, args.bc_steps
+    eval_every, episodes, light = args.eval_every, args.eval_episodes, args.light
     if args.quick:
-        seeds, steps, demo_episodes, bc_steps, eval_every, episodes = seeds[:1], 1_500, 5, 300, 200, 3
-    results: list[Result] = []
+        seeds, steps, demo_episodes, bc_steps, eval_every, episodes, light = (
+            seeds[:1],
+            1_500,
+            5,
+            300,
+            200,
+            3,
+            True,
+        )
+    config = {
+        "steps": steps, "seeds": seeds, "demo_episodes": demo_episodes, "bc_steps": bc_steps,
+        "eval_every_updates": eval_every, "eval_episodes": episodes, "light": light,
+    }  # fmt: skip
     curves: dict[str, list] = {}
+    walls: dict[str, float] = {}
+    final: dict[str, list[float]] = {"demos": [], "no_demos": [], "bc": []}
+
+    def save() -> list[Result]:
+        results = summarize(final)
+        write_json(args.json, "lift_with_demos", {**config, "curves": curves, "wall_s": walls}, results)
+        return results
+
     with tempfile.TemporaryDirectory() as tmp:
         demos = Path(tmp) / "lift.zarr"
+        start = time.perf_counter()
         distrl("demos", "collect", "robosuite:Lift", "--policy", "scripted", "--episodes", str(demo_episodes),
-               "--out", str(demos))  # fmt: skip
+               "--out", str(demos), "--workers", "2")  # fmt: skip
+        walls["collect_demos"] = time.perf_counter() - start
         common = [f"eval.every_updates={eval_every}", f"eval.episodes={episodes}"]
-        if args.quick:  # a budget of minutes on a CPU: fewer critics, one update per env step
+        if light:  # fewer critics, one update per env step: a budget a CPU runs in minutes
             common += ["algo.num_critics=2", "algo.utd_ratio=1", "replay.table.samples_per_insert=128",
-                       "replay.table.error_buffer=12800", "actors.warmup_steps=500",
-                       "replay.table.min_size_to_sample=500"]  # fmt: skip
-        final = {"demos": [], "no_demos": [], "bc": []}
+                       "replay.table.error_buffer=12800", "actors.warmup_steps=1000",
+                       "replay.table.min_size_to_sample=1000"]  # fmt: skip
+        if args.quick:
+            common += ["actors.warmup_steps=500", "replay.table.min_size_to_sample=500"]
         for seed in seeds:
             for name, extra in (("demos", [f"demos.path={demos}"]), ("no_demos", ["demos.path=null"])):
+                print(f"seed {seed}: SAC {'+ demos' if name == 'demos' else 'without demos'}, "
+                      f"{steps:,} env steps ...", flush=True)  # fmt: skip
+                start = time.perf_counter()
                 curve = sac_curve(Path(tmp) / f"{name}-{seed}", steps, seed, common + extra)
+                walls[f"{name}/seed={seed}"] = time.perf_counter() - start
                 curves[f"{name}/seed={seed}"] = curve
                 final[name].append(curve[-1][1] if curve else 0.0)
+                print(f"  success by env step: {format_curve(curve)} "
+                      f"({walls[f'{name}/seed={seed}']:.0f} s)", flush=True)  # fmt: skip
+                save()
+            print(f"seed {seed}: BC alone, {bc_steps:,} steps ...", flush=True)
+            start = time.perf_counter()
             final["bc"].append(bc_alone(demos, bc_steps, episodes, seed))
-    with_demos, without = float(np.mean(final["demos"])), float(np.mean(final["no_demos"]))
-    bc = float(np.mean(final["bc"]))
-    results.append(Result("lift/sac+demos/success", with_demos, "rate", "lift/sac/success", without))
-    results.append(Result("lift/sac+demos/success_vs_bc", with_demos, "rate", "lift/bc/success", bc))
+            walls[f"bc/seed={seed}"] = time.perf_counter() - start
+            print(f"  success {final['bc'][-1]:.2f} ({walls[f'bc/seed={seed}']:.0f} s)", flush=True)
+            results = save()
     for key, curve in curves.items():
-        print(key, " ".join(f"{s}:{v:.2f}" for s, v in curve))
+        print(f"{key:18s} {format_curve(curve)}")
     print_table(results, title=f"Lift with demos: {len(seeds)} seed(s) x {steps} env steps")
-    config = {"steps": steps, "seeds": seeds, "demo_episodes": demo_episodes, "bc_steps": bc_steps}
-    write_json(args.json, "lift_with_demos", {**config, "curves": curves}, results)
     return 0
+
+
+def format_curve(curve: list[tuple[int, float]]) -> str:
+    return " ".join(f"{s:,}:{v:.2f}" for s, v in curve) or "(no evaluation)"
+
+
+def summarize(final: dict[str, list[float]]) -> list[Result]:
+    mean = {k: float(np.mean(v)) if v else float("nan") for k, v in final.items()}
+    return [
+        Result("lift/sac+demos/success", mean["demos"], "rate", "lift/sac/success", mean["no_demos"]),
+        Result("lift/sac+demos/success_vs_bc", mean["demos"], "rate", "lift/bc/success", mean["bc"]),
+    ]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 
 from distrl.algos.base import BatchError, SpaceSpec, check_batch
 from distrl.algos.sac.config import SACConfig
-from distrl.algos.sac.networks import Actor, CriticEnsemble
+from distrl.algos.sac.networks import Actor, CriticEnsemble, gaussian_tanh_log_prob
 
 # --------------------------------------------------------------------------------------------
 # Losses
@@ -82,8 +82,20 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
 
 
 def bc_loss(actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Negative log-likelihood of demonstrated actions under the tanh-Gaussian policy."""
-    return -actor.log_prob(obs, action, eps).mean()
+    """Behaviour cloning of the tanh-Gaussian policy, per item summed over action dims:
+    the squared error of the deterministic action tanh(mean) to the demonstrated one, plus the
+    negative log-likelihood of the demonstrated action with the mean held fixed.
+
+    The mean learns from the squared error only. Under the likelihood alone, a dim the policy
+    fits badly (a gripper command at exactly +-1, atanh'd to +-6) can widen its std instead, which
+    shrinks its gradient to nothing while tight dims shrink theirs; the likelihood then keeps
+    improving while the deterministic action stays wrong in that dim. Here the likelihood only
+    sets the std (the spread of the demos around the mean), which SAC takes over afterwards.
+    """
+    mean, log_std = actor(obs)
+    squared_error = (torch.tanh(mean) - action).square().sum(-1)
+    log_prob = gaussian_tanh_log_prob(mean.detach(), log_std, action, eps)
+    return (squared_error - log_prob).mean()
 
 
 @torch.no_grad()
@@ -294,7 +306,7 @@ class SACLearner:
         return out
 
     def bc_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """-mean log pi(a_demo | s) over a batch with obs and action (differentiable w.r.t. the actor)."""
+        """`bc_loss` of a batch with obs and action (differentiable w.r.t. the actor)."""
         for key in ("obs", "action"):
             if key not in batch:
                 raise BatchError(f"behaviour-cloning batch is missing {key!r}")
@@ -311,7 +323,7 @@ class SACLearner:
         return bc_loss(self.actor, obs, action, self.config.bc_action_eps)
 
     def pretrain_bc(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """One behaviour-cloning step of the actor: maximise log pi(a_demo | s) (needs obs and action)."""
+        """One behaviour-cloning step of the actor on a batch with obs and action (see `bc_loss`)."""
         with torch.enable_grad():
             loss = self.bc_loss(batch)
             self.policy_optimizer.zero_grad(set_to_none=True)

@@ -71,9 +71,16 @@ class Actor(nn.Module):
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor, eps: float) -> torch.Tensor:
         """log pi(action | obs) [B] for given actions; they are clamped to (-1+eps, 1-eps) before atanh."""
         mean, log_std = self(obs)
-        u = torch.atanh(action.clamp(-1.0 + eps, 1.0 - eps))
-        z = (u - mean) * torch.exp(-log_std)
-        return -(0.5 * z.square() + log_std + _tanh_log_det(u)).sum(-1) - self.action_dim * _HALF_LOG_2PI
+        return gaussian_tanh_log_prob(mean, log_std, action, eps)
+
+
+def gaussian_tanh_log_prob(
+    mean: torch.Tensor, log_std: torch.Tensor, action: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """log of tanh(N(mean, exp(log_std))) at `action` [B], clamped to (-1+eps, 1-eps) before atanh."""
+    u = torch.atanh(action.clamp(-1.0 + eps, 1.0 - eps))
+    z = (u - mean) * torch.exp(-log_std)
+    return -(0.5 * z.square() + log_std + _tanh_log_det(u)).sum(-1) - mean.shape[-1] * _HALF_LOG_2PI
 
 
 class CriticEnsemble(nn.Module):

@@ -43,7 +43,8 @@ def marks_for(steps: int) -> list[int]:
 
 
 def marks_curve(steps: int) -> list[int]:
-    return [steps * k // 20 for k in range(1, 21)]
+    """Every mark a run records: the reported ones and the curve's (every 5% of the budget)."""
+    return sorted({*marks_for(steps), *(steps * k // 20 for k in range(1, 21))})
 
 
 def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float]:
@@ -53,7 +54,7 @@ def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(1)
-    marks = sorted(set(marks_for(steps) + marks_curve(steps)))
+    marks = marks_curve(steps)
     returns: dict[int, float] = {}
 
     class Marks(BaseCallback):
@@ -135,7 +136,7 @@ def finish_ours(run: OursRun, steps: int) -> tuple[dict[int, float], float]:
         (r["env_steps"], r["actor/episode_return"]) for r in rows if "actor/episode_return" in r
     ]
     returns = {}
-    for m in sorted(set(marks_for(steps) + marks_curve(steps))):
+    for m in marks_curve(steps):
         before = [ret for s, ret in episodes if s <= m][-10:]
         returns[m] = float(np.mean(before)) if before else float("nan")
     return returns, wall

@@ -244,8 +244,7 @@ class BatchPrefetcher:
                     feed.in_ready -= count
                 # Refill the prefetch queue from what the feeds hold, and grant the shards the
                 # credit returned above.
-                while len(self._ready) < self._client.prefetch and self._assemble():
-                    pass
+                self._fill_ready()
                 for feed in self._feeds:
                     self._grant(feed)
                 return batch
@@ -329,7 +328,6 @@ class BatchPrefetcher:
     def _read(self, feed: _ShardFeed, call) -> None:
         """Take in a call's batches until it ends (a failed call raises after those it delivered)."""
         cond = self._cond
-        prefetch = self._client.prefetch
         for msg in call:
             decoded = decode_sample_batch(msg)
             with cond:
@@ -340,8 +338,7 @@ class BatchPrefetcher:
                 feed.up = True
                 feed.held_back = False
                 feed.waiting_since = time.monotonic()
-                while len(self._ready) < prefetch and self._assemble():
-                    pass
+                self._fill_ready()
                 cond.notify_all()
 
     def _call_failed(self, feed: _ShardFeed, exc: grpc.RpcError, address: str) -> bool:
@@ -361,9 +358,7 @@ class BatchPrefetcher:
                             "sampling the other shards until it delivers again",
                             address,
                         )
-                    # The other shards may now make a batch on their own.
-                    while len(self._ready) < self._client.prefetch and self._assemble():
-                        pass
+                    self._fill_ready()  # the other shards may now make a batch on their own
                     self._cond.notify_all()
             return True
         fatal = code in FATAL_CODES or code == grpc.StatusCode.INVALID_ARGUMENT
@@ -385,6 +380,11 @@ class BatchPrefetcher:
             self._cond.notify_all()
 
     # -- learner batches ---------------------------------------------------------------------------
+
+    def _fill_ready(self) -> None:
+        """(lock held) Cut learner batches until the prefetch queue is full or the feeds run short."""
+        while len(self._ready) < self._client.prefetch and self._assemble():
+            pass
 
     def _assemble(self) -> bool:
         """(lock held) Cut one learner batch from the feeds into the ready queue, if they hold enough."""

@@ -182,30 +182,21 @@ class LocalLauncher:
                     coordinator.note(f"{child.name} restarted ({child.restarts})")
 
     def _poll_scale_request(self, coordinator: Coordinator) -> None:
-        try:
-            request = scaling.take_scale_request(self.run_dir)
-            if request is None:
-                return
-        except scaling.ScaleRequestError as exc:
-            log.warning("scale request refused: %s", exc)
-            coordinator.note(f"scale request refused: {exc}")
+        count = scaling.poll_scale_request(self.run_dir, self.config, coordinator.note)
+        if count is None:
             return
-        warning = scaling.actor_count_warning(self.config, request.actors)
-        if warning:
-            log.warning("%s", warning)
-            coordinator.note(warning)
         actors = sorted((n for n in self.children if n.startswith("actor-")), key=lambda n: int(n[6:]))
-        for i in range(request.actors):
+        for i in range(count):
             name = f"actor-{i}"
             if name not in self.children:
                 self._child(name, ["serve", "actor", *self._common, "--index", str(i)], False, True).start()
-        for name in actors[request.actors :]:
+        for name in actors[count:]:
             child = self.children.pop(name)
             child.terminate()  # it flushes what it holds and exits; waited for at shutdown
             self._retired.append(child)
-        self.config = scaling.record_actor_count(self.run_dir, self.config, request.actors)
-        log.warning("scaled actors %d -> %d", len(actors), request.actors)
-        coordinator.note(f"scaled actors {len(actors)} -> {request.actors}")
+        self.config = scaling.record_actor_count(self.run_dir, self.config, count)
+        log.warning("scaled actors %d -> %d", len(actors), count)
+        coordinator.note(f"scaled actors {len(actors)} -> {count}")
 
     def _shutdown(self) -> None:
         order = [

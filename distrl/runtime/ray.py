@@ -441,19 +441,10 @@ class RayLauncher:
     # -- scaling ----------------------------------------------------------------------------------
 
     def _poll_scale_request(self, coordinator: Coordinator) -> None:
-        try:
-            request = scaling.take_scale_request(self.run_dir)
-            if request is None:
-                return
-        except scaling.ScaleRequestError as exc:
-            log.warning("scale request refused: %s", exc)
-            coordinator.note(f"scale request refused: {exc}")
+        count = scaling.poll_scale_request(self.run_dir, self.config, coordinator.note)
+        if count is None:
             return
-        warning = scaling.actor_count_warning(self.config, request.actors)
-        if warning:
-            log.warning("%s", warning)
-            coordinator.note(warning)
-        self.scale_actors(request.actors)
+        self.scale_actors(count)
 
     def scale_actors(self, count: int) -> None:
         """Run `count` actors: start the missing indices, stop the highest ones; nothing else restarts."""

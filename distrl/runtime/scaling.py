@@ -12,13 +12,17 @@ directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distrl.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
 
 SCALE_FILE = "scale.json"
 CONFIG_FILE = "config.yaml"
@@ -82,6 +86,27 @@ def actor_count_warning(config: ExperimentConfig, actors: int) -> str | None:
         f"{actors} actors for {shards} replay shards: {shards - actors} shard(s) get no new data; once "
         "their rate limiter holds them back, the learner samples only the shards actors write to"
     )
+
+
+def poll_scale_request(run_dir: Path, config: ExperimentConfig, note: Callable[[str], None]) -> int | None:
+    """A launcher's tick: the actor count a pending request asks for, or None.
+
+    A malformed request is refused and a count that leaves shards without writers is accepted
+    with a warning; both go to the log and to `note` (the coordinator's console notes).
+    """
+    try:
+        request = take_scale_request(run_dir)
+    except ScaleRequestError as exc:
+        log.warning("scale request refused: %s", exc)
+        note(f"scale request refused: {exc}")
+        return None
+    if request is None:
+        return None
+    warning = actor_count_warning(config, request.actors)
+    if warning:
+        log.warning("%s", warning)
+        note(warning)
+    return request.actors
 
 
 def discard_scale_request(run_dir: Path) -> None:

@@ -4,8 +4,9 @@
                                                    [--seeds 0,1] [--bc-steps N] [--demo-episodes N]
 
 Three learners, the same env-step budget and seeds:
-  * SAC + demos: configs/rlpd_lift.yaml (RLPD settings, every batch half scripted demos);
-  * SAC without demos: the same config with `demos.path=null`;
+  * SAC + demos: configs/rlpd_lift.yaml (RLPD settings, every batch half scripted demos, plus
+    behaviour cloning before RL and a Q-filtered behaviour-cloning term in the actor's loss);
+  * SAC without demos: the same config with `demos.path=null` (and so no cloning);
   * BC alone: the same policy network cloned on the same demos, no environment interaction.
 The demos are collected first with the scripted Lift controller. Reported: the success rate of the
 deterministic policy at each evaluation (for SAC: the evaluator's `eval/success_rate` against env
@@ -38,7 +39,7 @@ from distrl.actors.evaluator import evaluate
 from distrl.algos import SpaceSpec, make_algorithm
 from distrl.config import load_config
 from distrl.envs import env_spec, make_env
-from distrl.learners.demos import DemoTable
+from distrl.learners.demos import DemoTable, split_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "rlpd_lift.yaml"
@@ -49,13 +50,24 @@ def distrl(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "distrl.cli", *args], cwd=ROOT, env=ENV, check=True)
 
 
-def sac_curve(run_dir: Path, steps: int, seed: int, overrides: list[str]) -> list[tuple[int, float]]:
+def sac_curve(
+    run_dir: Path, steps: int, seed: int, overrides: list[str]
+) -> tuple[list[tuple[int, float]], int]:
+    """The run's (env steps, success rate) at each evaluation, and its learner updates at the end."""
     distrl(
         "train", str(CONFIG), "--run-dir", str(run_dir), "--no-console",
         f"seed={seed}", f"train.total_env_steps={steps}", *overrides,
     )  # fmt: skip
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [(r["env_steps"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r]
+    curve = [(r["env_steps"], r["eval/success_rate"]) for r in rows if "eval/success_rate" in r]
+    return curve, max((int(r.get("updates", 0)) for r in rows), default=0)
+
+
+def one_update_per_env_step(utd: int, online_items: int) -> list[str]:
+    """Rate limiter settings for utd critic steps per env step when each takes online_items from
+    replay: the arm with demos takes half its batch from replay, the arm without all of it."""
+    per_step = utd * online_items
+    return [f"replay.table.samples_per_insert={per_step}", f"replay.table.error_buffer={100 * per_step}"]
 
 
 def bc_alone(demos: Path, bc_steps: int, episodes: int, seed: int) -> float:
@@ -102,37 +114,49 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     curves: dict[str, list] = {}
     walls: dict[str, float] = {}
+    updates: dict[str, int] = {}
     final: dict[str, list[float]] = {"demos": [], "no_demos": [], "bc": []}
 
     def save() -> list[Result]:
         results = summarize(final)
-        write_json(args.json, "lift_with_demos", {**config, "curves": curves, "wall_s": walls}, results)
+        measured = {"curves": curves, "updates": updates, "wall_s": walls}
+        write_json(args.json, "lift_with_demos", {**config, **measured}, results)
         return results
 
     with tempfile.TemporaryDirectory() as tmp:
         demos = Path(tmp) / "lift.zarr"
         start = time.perf_counter()
         distrl("demos", "collect", "robosuite:Lift", "--policy", "scripted", "--episodes", str(demo_episodes),
-               "--out", str(demos), "--workers", "2")  # fmt: skip
+               "--out", str(demos), "--workers", "2", "--terminate-on-success")  # fmt: skip
         walls["collect_demos"] = time.perf_counter() - start
         common = [f"eval.every_updates={eval_every}", f"eval.episodes={episodes}"]
         if light:  # fewer critics, one update per env step: a budget a CPU runs in minutes
-            common += ["algo.num_critics=2", "algo.utd_ratio=1", "replay.table.samples_per_insert=128",
-                       "replay.table.error_buffer=12800", "actors.warmup_steps=1000",
+            common += ["algo.num_critics=2", "algo.utd_ratio=1", "actors.warmup_steps=1000",
                        "replay.table.min_size_to_sample=1000"]  # fmt: skip
+        cfg = load_config(CONFIG)
+        utd = 1 if light else int(cfg.algo.params()["utd_ratio"])
+        with_demos, _ = split_batch(cfg.learner.batch_size, cfg.demos.ratio)
         if args.quick:
             common += ["actors.warmup_steps=500", "replay.table.min_size_to_sample=500"]
         for seed in seeds:
-            for name, extra in (("demos", [f"demos.path={demos}"]), ("no_demos", ["demos.path=null"])):
+            # Both arms make the same number of updates per env step.
+            arms = (("demos", [f"demos.path={demos}", f"pretrain.bc_steps={bc_steps}",
+                               *one_update_per_env_step(utd, with_demos)]),
+                    ("no_demos", ["demos.path=null", "pretrain.bc_steps=0",
+                                  *one_update_per_env_step(utd, cfg.learner.batch_size)]))  # fmt: skip
+            for name, extra in arms:
                 print(f"seed {seed}: SAC {'+ demos' if name == 'demos' else 'without demos'}, "
                       f"{steps:,} env steps ...", flush=True)  # fmt: skip
                 start = time.perf_counter()
-                curve = sac_curve(Path(tmp) / f"{name}-{seed}", steps, seed, common + extra)
+                curve, updates[f"{name}/seed={seed}"] = sac_curve(
+                    Path(tmp) / f"{name}-{seed}", steps, seed, common + extra
+                )
                 walls[f"{name}/seed={seed}"] = time.perf_counter() - start
                 curves[f"{name}/seed={seed}"] = curve
                 final[name].append(curve[-1][1] if curve else 0.0)
                 print(f"  success by env step: {format_curve(curve)} "
-                      f"({walls[f'{name}/seed={seed}']:.0f} s)", flush=True)  # fmt: skip
+                      f"({updates[f'{name}/seed={seed}']:,} updates, {walls[f'{name}/seed={seed}']:.0f} s)",
+                      flush=True)  # fmt: skip
                 save()
             print(f"seed {seed}: BC alone, {bc_steps:,} steps ...", flush=True)
             start = time.perf_counter()

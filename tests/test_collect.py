@@ -150,6 +150,24 @@ def test_cli_collect_with_two_workers_and_stop_on_success(tmp_path):
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+@pytest.mark.slow
+def test_cli_collect_with_terminate_on_success_marks_the_success_step_terminal(tmp_path):
+    out = tmp_path / "lift.zarr"
+    args = ["demos", "collect", "robosuite:Lift", "--out", str(out), "--episodes", "2", "--seed", "5"]
+    result = CliRunner().invoke(app, [*args, "--terminate-on-success", "-q"])
+    assert result.exit_code == 0, result.output
+    ds = open_dataset(out)
+    assert ds.episodes == 2 and ds.info.env.terminate_on_success is True
+    for i in range(2):
+        ep = ds.episode(i)
+        assert ep["success"][-1] and not ep["success"][:-1].any()
+        assert ep["terminated"][-1] and not ep["truncated"].any() and not ep["terminated"][:-1].any()
+        assert ep["reward"][-1] == 1.0
+    hopper = CliRunner().invoke(app, ["demos", "collect", "gym:Hopper-v5", "--out", str(tmp_path / "h.zarr"),
+                                      "--policy", "scripted", "--terminate-on-success"])  # fmt: skip
+    assert hopper.exit_code != 0
+
+
 def test_scripted_pick_place_can_reports_its_success_rate(tmp_path):
     plan = plan_collection("robosuite:PickPlaceCan", episodes=3, keep_failures=True, seed=0)
     result = collect(plan, tmp_path / "can.zarr", progress=False)

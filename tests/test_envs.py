@@ -306,6 +306,24 @@ def test_robosuite_success_comes_from_the_task(lift: gymnasium.Env) -> None:
     assert lift.step(np.zeros(7))[4]["success"] is False
 
 
+def test_terminate_on_success_ends_the_episode_terminal_at_the_first_success() -> None:
+    env = make_env(EnvConfig(id="robosuite:Lift", seed=0, terminate_on_success=True))
+    env.reset(seed=0)
+    assert env.step(np.zeros(7))[2:4] == (False, False)  # no success yet: the episode goes on
+    task = env.unwrapped._env
+    cube_joint = task.cube.joints[0]
+    qpos = task.sim.data.get_joint_qpos(cube_joint).copy()
+    qpos[2] += 0.2
+    task.sim.data.set_joint_qpos(cube_joint, qpos)
+    task.sim.forward()
+    _, reward, terminated, truncated, info = env.step(np.zeros(7))
+    assert info["success"] is True and terminated and not truncated
+    assert reward == 1.0  # the sparse reward of the success step is kept
+    env.close()
+    with pytest.raises(ValueError, match=r"terminate_on_success: gym:Hopper-v5 reports no success signal"):
+        make_env(EnvConfig(id="gym:Hopper-v5", terminate_on_success=True))
+
+
 def test_robosuite_seeding_and_horizon_truncation(lift: gymnasium.Env) -> None:
     first = lift.reset(seed=0)[0]
     again = lift.reset(seed=0)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -96,11 +97,19 @@ def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 def test_learner_mixes_demos_and_pretrains_with_bc(demos: Path, tmp_path: Path):
     run_dir = tmp_path / "mixed"
-    out = _train(run_dir, f"demos.path={demos}", "pretrain.bc_steps=200", "pretrain.bc_batch_size=64")
+    out = _train(
+        run_dir, f"demos.path={demos}", "pretrain.bc_steps=200", "pretrain.bc_batch_size=64",
+        "algo.bc_weight=1.0", "eval.enabled=true", "eval.every_updates=100000", "eval.episodes=1",
+    )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
     assert "learner/pretrain/bc_loss" in keys
+    assert {"learner/bc_loss", "learner/bc_kept"} <= keys  # the actor's BC term on the demo items
+    # The behaviour-cloned policy is evaluated at once, long before eval.every_updates: the first
+    # policy the evaluator sees (here, with 200 quick BC steps, maybe a few RL updates later).
+    first_evals = [r["eval/updates"] for r in rows if "eval/return_mean" in r]
+    assert len(first_evals) == 1 and first_evals[0] < 1000
     # online and demo transitions are told apart
     assert {"learner/q_mean/demo", "learner/q_mean/online", "learner/td_error/demo"} <= keys
 
@@ -120,3 +129,93 @@ def test_demos_can_be_inserted_into_replay(demos: Path, tmp_path: Path):
 def test_bc_pretraining_needs_demos(tmp_path: Path):
     out = _train(tmp_path / "r", "pretrain.bc_steps=10")
     assert out.returncode == 2 and "demos.path" in out.stderr
+
+
+# --- the whole path on robosuite Lift ------------------------------------------------------------
+
+ROBOMIMIC_LIFT_ENV_ARGS = {
+    "env_name": "Lift",
+    "type": 1,
+    "env_kwargs": {
+        "robots": ["Panda"],
+        "controller_configs": {"type": "OSC_POSE"},
+        "reward_shaping": False,
+        "control_freq": 20,
+        "has_renderer": False,
+        "has_offscreen_renderer": False,
+        "use_camera_obs": False,
+        "ignore_done": True,
+    },
+}
+
+
+def _distrl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distrl.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_robomimic_lift(collected: Path, out: Path) -> None:
+    """Scripted Lift episodes rewritten as a robomimic low-dim file (robomimic's key names)."""
+    import h5py
+
+    from distrl.data.format import open_dataset
+
+    ds = open_dataset(collected)
+    # robomimic's "object" key is robosuite's object-state: Lift's cube_pos, cube_quat, gripper_to_cube_pos.
+    bounds = np.cumsum([0, *ds.info.obs_key_dims])
+    parts = dict(zip(ds.info.obs_keys, itertools.pairwise(bounds), strict=True))
+    robot = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
+    with h5py.File(out, "w") as f:
+        for i in range(ds.episodes):
+            ep = ds.episode(i)
+            g = f.create_group(f"data/demo_{i}")
+            g.attrs["num_samples"] = len(ep["action"])
+            for group, values in (("obs", ep["obs"]), ("next_obs", ep["next_obs"])):
+                for key in robot:
+                    g[f"{group}/{key}"] = values[:, slice(*parts[key])].astype(np.float64)
+                g[f"{group}/object"] = values[:, parts["cube_pos"][0] :].astype(np.float64)
+            g["actions"] = ep["action"].astype(np.float64)
+            g["rewards"] = ep["reward"].astype(np.float64)
+            g["dones"] = ep["terminated"].astype(np.int64)
+        f["data"].attrs["total"] = ds.steps
+        f["data"].attrs["env_args"] = json.dumps(ROBOMIMIC_LIFT_ENV_ARGS)
+
+
+@pytest.mark.slow
+def test_a_robomimic_file_imports_inspects_and_trains_sac_with_demos_on_lift(tmp_path: Path):
+    collected, src, store = tmp_path / "scripted.zarr", tmp_path / "lift.hdf5", tmp_path / "lift.zarr"
+    done = _distrl("demos", "collect", "robosuite:Lift", "--episodes", "4", "--terminate-on-success",
+                   "--out", str(collected), "-q")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    write_robomimic_lift(collected, src)
+
+    done = _distrl("demos", "import", "robomimic", str(src), str(store))
+    assert done.returncode == 0, done.stderr
+    done = _distrl("demos", "inspect", str(store), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["episodes"] == 4 and summary["env_id"] == "robosuite:Lift"
+
+    run_dir = tmp_path / "run"
+    done = _distrl(
+        "train", str(ROOT / "configs" / "rlpd_lift.yaml"), "--run-dir", str(run_dir), "--no-console",
+        f"demos.path={store}", "train.total_env_steps=500", "pretrain.bc_steps=300",
+        "algo.num_critics=2", "algo.utd_ratio=1", "replay.table.samples_per_insert=128",
+        "actors.warmup_steps=200", "replay.table.min_size_to_sample=200",
+        "eval.enabled=false",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    assert {"learner/pretrain/bc_loss", "learner/q_mean/demo", "learner/bc_kept"} <= keys
+    assert max(r["env_steps"] for r in rows) >= 500
+    done = _distrl("eval", str(run_dir), "--episodes", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["episodes"] == 2 and result["updates"] > 0 and result["success_rate"] is not None

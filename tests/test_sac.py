@@ -21,7 +21,7 @@ from distrl.algos import (
     make_policy,
 )
 from distrl.algos.sac import Actor, CriticEnsemble, SACLearner, bc_loss, soft_q_target
-from distrl.algos.sac.learning import polyak_update
+from distrl.algos.sac.learning import bc_loss_per_item, demo_bc_term, polyak_update
 
 SPEC = SpaceSpec(obs_dim=5, action_dim=3)
 
@@ -333,6 +333,24 @@ def test_ensemble_subset_min_uses_a_random_subset_of_members() -> None:
     assert learner(num_critics=2)._members() is None
 
 
+def test_backup_without_entropy_learns_the_plain_return() -> None:
+    batch = random_batch(16)
+    targets = {}
+    for backup_entropy in (True, False):
+        algo = learner(backup_entropy=backup_entropy, initial_alpha=5.0)
+        (minibatch,), _ = algo._minibatches(batch, None)
+        torch.manual_seed(0)
+        plain = soft_q_target(
+            algo.actor, algo.target_critic, minibatch.next_obs, minibatch.reward, minibatch.discount,
+            torch.tensor(0.0),
+        )  # fmt: skip
+        torch.manual_seed(0)
+        metrics, _ = algo._critic_step(*minibatch.tensors())
+        targets[backup_entropy] = (metrics[3].item(), plain.mean().item())
+    assert targets[False][0] == pytest.approx(targets[False][1], rel=1e-5)
+    assert abs(targets[True][0] - targets[True][1]) > 0.5  # alpha 5 moves the soft target
+
+
 def test_utd_splits_the_batch_into_consecutive_critic_minibatches() -> None:
     batch = random_batch(24)
     split = learner(utd_ratio=3)
@@ -431,6 +449,52 @@ def test_behaviour_cloning_learns_a_saturated_switch_beside_tight_dims() -> None
     # With the likelihood alone (the loss before) this stayed at chance, 0.5, and the MSE at 0.41.
     assert (torch.sign(switch[clear]) == demo_action[clear, 2]).float().mean() > 0.9
     assert metrics["bc_action_mse"] < 0.25
+
+
+def test_q_filter_clones_only_the_demo_actions_the_critic_prefers() -> None:
+    actor = learner().actor
+    g = torch.Generator().manual_seed(0)
+    obs = torch.randn(64, SPEC.obs_dim, generator=g)
+    demo_action = torch.rand(64, SPEC.action_dim, generator=g) * 2 - 1
+    demo_mask = (torch.arange(64) >= 16).float()  # the first 16 items are online data
+    goal = torch.rand(64, SPEC.action_dim, generator=g) * 2 - 1
+
+    def critic(o: torch.Tensor, a: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
+        return -(a - goal).square().sum(-1).expand(2, -1)  # two members, best at `goal`
+
+    with torch.no_grad():
+        better = (demo_action - goal).square().sum(-1) < (actor.deterministic(obs) - goal).square().sum(-1)
+    expected_keep = demo_mask * better.float()
+    per_item = bc_loss_per_item(actor, obs, demo_action)
+    loss, kept = demo_bc_term(actor, critic, obs, demo_action, demo_mask, q_filter=True)
+    assert 0 < expected_keep.sum() < demo_mask.sum()  # the filter has something to decide
+    assert kept.item() == pytest.approx((expected_keep.sum() / demo_mask.sum()).item())
+    assert loss.item() == pytest.approx(
+        ((per_item * expected_keep).sum() / expected_keep.sum()).item(), rel=1e-5
+    )
+    loss.backward()
+    unfiltered, all_kept = demo_bc_term(actor, critic, obs, demo_action, demo_mask, q_filter=False)
+    assert all_kept.item() == 1.0
+    assert unfiltered.item() == pytest.approx(per_item[16:].mean().item(), rel=1e-5)
+    nothing, none_kept = demo_bc_term(actor, critic, obs, demo_action, torch.zeros(64), q_filter=False)
+    assert nothing.item() == 0.0 and none_kept.item() == 0.0
+
+
+def test_actor_bc_weight_pulls_the_policy_to_the_demos_during_rl() -> None:
+    demo = random_batch(64, seed=4)
+    demo["action"] = torch.tanh(demo["obs"][:, :3])
+    plain, cloning = learner(actor_lr=3e-3), learner(actor_lr=3e-3, bc_weight=2.0, bc_q_filter=False)
+    for i in range(150):
+        online = random_batch(64, seed=100 + i)
+        plain_metrics = plain.update(online, demo)
+        metrics = cloning.update(online, demo)
+    assert "bc_loss" not in plain_metrics and metrics["bc_kept"] == 1.0
+    with torch.no_grad():
+        mse_plain = (plain.actor.deterministic(demo["obs"]) - demo["action"]).square().mean()
+        mse_cloning = (cloning.actor.deterministic(demo["obs"]) - demo["action"]).square().mean()
+    assert mse_cloning < 0.3 * mse_plain
+    # Without demos in the batch the term is zero and the metrics keep their names.
+    assert cloning.update(random_batch(64, seed=7))["bc_kept"] == 0.0
 
 
 # ---- state and policy round trips

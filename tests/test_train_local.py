@@ -92,6 +92,15 @@ def test_eval_command_reports_the_policy(smoke_run: Path):
     assert result["return_mean"] > 0
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds_its_algorithm(path: Path):
+    from distrl.algos import SpaceSpec, make_algorithm
+    from distrl.config import load_config
+
+    config = load_config(path)
+    make_algorithm(config.algo.name, SpaceSpec(obs_dim=19, action_dim=7), config.algo.params(), "cpu")
+
+
 def test_bad_config_key_fails_with_its_path(tmp_path: Path):
     out = distrl("train", str(SMOKE), "--run-dir", str(tmp_path / "r"), "learner.batch_sise=3")
     assert out.returncode == 2

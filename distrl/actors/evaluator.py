@@ -85,7 +85,8 @@ def evaluate(
 
 
 class Evaluator:
-    """Watches the parameter server; evaluates each time the learner crosses a multiple of every_updates."""
+    """Watches the parameter server; evaluates each time the learner crosses a multiple of every_updates
+    (and, after behaviour-cloning pretraining, the pretrained policy first)."""
 
     def __init__(self, config: ExperimentConfig, addresses: ActorAddresses) -> None:
         self.config = config
@@ -107,7 +108,9 @@ class Evaluator:
         reporter = TelemetryReporter(self.addresses.telemetry, source="eval/0", security=sec, interval_s=1.0)
         params = ParamsClient(self.addresses.params, security=sec)
         subscription = params.subscribe()
-        next_at = every
+        # A behaviour-cloned policy is worth a look before RL changes it: evaluate the first policy
+        # seen, which is the pretrained one (update 0) unless the evaluator started after RL did.
+        next_at = 0 if self.config.pretrain.bc_steps else every
         try:
             while not stop.is_set():
                 latest = subscription.latest()

@@ -220,6 +220,14 @@ def collect_command(
     stop_on_success: Annotated[
         bool, typer.Option("--stop-on-success", help="end each episode at its first successful step")
     ] = False,
+    terminate_on_success: Annotated[
+        bool,
+        typer.Option(
+            "--terminate-on-success",
+            help="end each episode at its first successful step as terminal "
+            "(the env option env.terminate_on_success; for runs that use it)",
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="rollout processes")] = 1,
     seed: Annotated[int, typer.Option("--seed", min=0, help="attempt i resets with seed + i")] = 0,
     overwrite: OverwriteOpt = False,
@@ -241,6 +249,7 @@ def collect_command(
             noise=noise,
             keep_failures=keep_failures,
             stop_on_success=stop_on_success,
+            terminate_on_success=terminate_on_success,
         )
         result = collect(plan, out, workers=workers, overwrite=overwrite, progress=not quiet)
     except DatasetError as exc:

@@ -10,6 +10,9 @@ store holds the first `episodes` kept attempts whatever the number of worker pro
 An attempt is a success when the env reported `info["success"]` on any of its steps. Failed
 attempts are dropped unless `keep_failures`; envs without a success signal keep every
 attempt. Collection stops once `episodes` are kept or `max_attempts` attempts are done.
+`stop_on_success` ends an episode at its first success as a time limit would (truncated);
+`terminate_on_success` builds the env with `env.terminate_on_success`, so it ends there as
+terminal, the way a run with that option sees its own episodes end.
 
 Workers are processes from the spawn context; each builds its own env and policy from a
 `CollectPlan` (plain data: the env config and, for a trained policy, its weights as numpy
@@ -168,6 +171,7 @@ def plan_collection(
     noise: float = 0.0,
     keep_failures: bool = False,
     stop_on_success: bool = False,
+    terminate_on_success: bool = False,
 ) -> CollectPlan:
     """Check the options and resolve the env config and the policy (a run's weights are loaded here)."""
     from distrl.data.scripted import ScriptedPolicyError, scripted_task
@@ -206,8 +210,16 @@ def plan_collection(
             )
         env = trained.env  # the run's own options (robot, controller, reward shaping, ...)
         label = trained.run_dir
+    changes: dict[str, Any] = {}
     if max_steps is not None:
-        env = EnvConfig.model_validate({**env.model_dump(exclude_unset=True), "max_episode_steps": max_steps})
+        changes["max_episode_steps"] = max_steps
+    if terminate_on_success:
+        changes["terminate_on_success"] = True
+    if changes:
+        try:
+            env = EnvConfig.model_validate({**env.model_dump(exclude_unset=True), **changes})
+        except ValueError as exc:
+            raise CollectError(f"env {env.id}: {exc}") from None
     if max_attempts is None:
         max_attempts = episodes if keep_failures else ATTEMPTS_PER_EPISODE * episodes
     return CollectPlan(

@@ -50,7 +50,8 @@ class EnvConfig(BaseModel):
     `id` is `gym:<Gymnasium id>`, `dmc:<domain>-<task>` or `robosuite:<Env>`.
     `max_episode_steps` counts steps of the returned env (after action repeat); None keeps the
     family's default (Gymnasium's registered limit, dm_control's time limit, robosuite's
-    `horizon`).
+    `horizon`). `terminate_on_success` ends an episode with `terminated=True` at its first step
+    with `info["success"]` (an error for envs that report no success).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -59,6 +60,10 @@ class EnvConfig(BaseModel):
     max_episode_steps: int | None = Field(None, gt=0)
     action_repeat: int = Field(1, ge=1, description="repeat each action this many env steps, summing rewards")
     seed: int | None = Field(None, ge=0, description="seed of the first reset (and the action space)")
+    terminate_on_success: bool = Field(
+        False,
+        description="end an episode as terminal at its first successful step (tasks with a success signal)",
+    )
     robosuite: RobosuiteOptions = Field(default_factory=RobosuiteOptions)
 
     @field_validator("id")

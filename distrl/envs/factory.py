@@ -11,7 +11,7 @@ import gymnasium
 
 from distrl.envs.config import FAMILY_PREFIXES, EnvConfig
 from distrl.envs.spec import SPEC_ATTR, EnvSpec, FamilyEnv
-from distrl.envs.wrappers import ActionRepeat
+from distrl.envs.wrappers import ActionRepeat, EndOnSuccess
 
 EXAMPLE_IDS: dict[str, list[str]] = {
     "gym": ["gym:HalfCheetah-v5", "gym:Hopper-v5", "gym:Walker2d-v5", "gym:Ant-v5", "gym:Humanoid-v5"],
@@ -107,6 +107,10 @@ def make_env(config: EnvConfig | str | Mapping[str, Any], seed: int | None = Non
     step_limit = None if config.max_episode_steps is None else config.max_episode_steps * repeat
     built = _build_family(config, step_limit, seed)
     env = built.env if repeat == 1 else ActionRepeat(built.env, repeat)
+    if config.terminate_on_success:
+        if not built.has_success:
+            raise ValueError(f"env.terminate_on_success: {config.id} reports no success signal")
+        env = EndOnSuccess(env)
     spec = EnvSpec(
         id=config.id,
         obs_dim=int(env.observation_space.shape[0]),

@@ -190,3 +190,18 @@ class ActionRepeat(gymnasium.Wrapper):
         if "success" in info:
             info["success"] = succeeded
         return obs, total, terminated, truncated, info
+
+
+class EndOnSuccess(gymnasium.Wrapper):
+    """Ends the episode as terminal (`terminated=True`) on the first step with `info["success"]`.
+
+    For sparse-success tasks this makes success absorbing: the value of a state is the discounted
+    chance of reaching success from it, rather than that plus how long the task stays solved
+    until the time limit. Demonstrations collected through the same option end the same way.
+    """
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("success", False):
+            terminated, truncated = True, False
+        return obs, reward, terminated, truncated, info

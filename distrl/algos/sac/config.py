@@ -28,6 +28,9 @@ class SACConfig(BaseModel):
     initial_alpha: float = Field(1.0, gt=0.0, description="initial temperature")
     autotune_alpha: bool = Field(True, description="learn the temperature toward target_entropy")
     target_entropy: float | None = Field(None, description="None means -action_dim")
+    backup_entropy: bool = Field(
+        True, description="the critic's target includes the entropy bonus (False: the plain return)"
+    )
     log_std_min: float = LOG_STD_MIN
     log_std_max: float = LOG_STD_MAX
     actor_update_interval: int = Field(1, ge=1, description="actor/alpha step every N update calls")
@@ -46,6 +49,12 @@ class SACConfig(BaseModel):
     )
     actor_batch: Literal["last", "all"] = Field(
         "last", description="with utd_ratio > 1 the actor learns on the last minibatch (RLPD) or all of them"
+    )
+    bc_weight: float = Field(
+        0.0, ge=0.0, description="weight of the actor's behaviour cloning on the demo items of each batch"
+    )
+    bc_q_filter: bool = Field(
+        True, description="clone a demo action only where the critic values it above the policy's own"
     )
     bc_action_eps: float = Field(
         1e-5, gt=0.0, lt=0.1, description="demo actions are clamped to (-1+eps, 1-eps) before atanh"

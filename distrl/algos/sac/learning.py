@@ -9,6 +9,9 @@ Per update call:
     on the last minibatch (or all of them):
         L_pi   = mean_b alpha log pi(a~|s) - reduce_e Q_e(s, a~),  a~ ~ pi(s)  -> actor step
         L_alpha = -mean_b log_alpha (log pi(a~|s) + target_entropy)           (same step)
+        + bc_weight * L_BC over the demo items (kept by the Q filter)         (same step)
+
+With `backup_entropy: false` the alpha log pi term leaves y (the critic learns the plain return).
 
 Only `terminated` cuts the bootstrap: a time-limit truncation is not the end of the task, so the
 transition bootstraps from s' like any other.
@@ -82,9 +85,16 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
 
 
 def bc_loss(actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Behaviour cloning of the tanh-Gaussian policy, per item summed over action dims:
-    the squared error of the deterministic action tanh(mean) to the demonstrated one, plus the
-    negative log-likelihood of the demonstrated action with the mean held fixed.
+    """Behaviour cloning of the tanh-Gaussian policy: the batch mean of `bc_loss_per_item`."""
+    return bc_loss_per_item(actor, obs, action, eps).mean()
+
+
+def bc_loss_per_item(
+    actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """Behaviour cloning per item [B], summed over action dims: the squared error of the
+    deterministic action tanh(mean) to the demonstrated one, plus the negative log-likelihood of
+    the demonstrated action with the mean held fixed.
 
     The mean learns from the squared error only. Under the likelihood alone, a dim the policy
     fits badly (a gripper command at exactly +-1, atanh'd to +-6) can widen its std instead, which
@@ -95,7 +105,38 @@ def bc_loss(actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 
     mean, log_std = actor(obs)
     squared_error = (torch.tanh(mean) - action).square().sum(-1)
     log_prob = gaussian_tanh_log_prob(mean.detach(), log_std, action, eps)
-    return (squared_error - log_prob).mean()
+    return squared_error - log_prob
+
+
+def demo_bc_term(
+    actor: Actor,
+    critic: CriticEnsemble,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    demo_mask: torch.Tensor,
+    q_filter: bool,
+    reduce: str = "min",
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The actor's auxiliary behaviour cloning on the demonstration items of a batch (Nair et al.
+    2018), with their Q filter: an item is cloned only where the critic values the demonstrated
+    action above the policy's own deterministic action, so the policy may outgrow the demos.
+
+    Returns (the mean `bc_loss_per_item` over the kept items, the fraction of demo items kept).
+    """
+    keep = demo_mask
+    if q_filter:
+        with torch.no_grad():
+            q_demo = critic(obs, action)
+            q_policy = critic(obs, actor.deterministic(obs))
+            if reduce == "min":
+                q_demo, q_policy = torch.amin(q_demo, dim=0), torch.amin(q_policy, dim=0)
+            else:
+                q_demo, q_policy = q_demo.mean(dim=0), q_policy.mean(dim=0)
+            keep = demo_mask * (q_demo > q_policy).to(demo_mask.dtype)
+    kept = keep.sum()
+    loss = (bc_loss_per_item(actor, obs, action, eps) * keep).sum() / kept.clamp_min(1.0)
+    return loss, kept / demo_mask.sum().clamp_min(1.0)
 
 
 @torch.no_grad()
@@ -136,6 +177,7 @@ class _Minibatch:
 CRITIC_METRICS = ("critic_loss", "q_mean", "q_std", "target_q_mean", "td_error")
 SOURCE_METRICS = ("q_mean/online", "q_mean/demo", "td_error/online", "td_error/demo")
 ACTOR_METRICS = ("actor_loss", "alpha_loss", "alpha", "entropy")
+DEMO_BC_METRICS = ("bc_loss", "bc_kept")
 BC_METRICS = ("bc_loss", "bc_action_mse", "entropy")
 
 
@@ -193,7 +235,7 @@ class SACLearner:
         # The CPU default runs the steps eagerly. `compile` wraps them in torch.compile; `cuda_graphs`
         # then captures (compiled or eager) steps in CUDA graphs and replays them.
         critic_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._critic_step
-        actor_step: Callable[[torch.Tensor], torch.Tensor] = self._actor_step
+        actor_step: Callable[..., torch.Tensor] = self._actor_step
         if config.cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, but the algorithm runs on {device}")
         if config.compile:
@@ -221,7 +263,11 @@ class SACLearner:
         weights: torch.Tensor | None,
         demo_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha = self.log_alpha.detach().exp()
+        # Without backup_entropy the critic learns the plain return of the policy (SERL's choice
+        # for sparse rewards): the entropy bonus then shapes the actor only, not the values.
+        alpha = (
+            self.log_alpha.detach().exp() if self.config.backup_entropy else torch.zeros_like(self.log_alpha)
+        )
         with torch.no_grad():
             target = soft_q_target(
                 self.actor, self.target_critic, next_obs, reward, discount, alpha, self._members()
@@ -248,7 +294,9 @@ class SACLearner:
                 ]
             return torch.stack(metrics), td_error
 
-    def _actor_step(self, obs: torch.Tensor) -> torch.Tensor:
+    def _actor_step(
+        self, obs: torch.Tensor, action: torch.Tensor | None = None, demo_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         alpha = self.log_alpha.exp()
         loss_pi, log_prob = actor_loss(self.actor, self.critic, obs, alpha.detach(), self.config.actor_q)
         loss = loss_pi
@@ -257,11 +305,21 @@ class SACLearner:
             loss = loss + loss_alpha
         else:
             loss_alpha = torch.zeros((), device=obs.device)
+        metrics = [loss_pi, loss_alpha, alpha, -log_prob.mean()]
+        if self.config.bc_weight > 0.0:
+            if action is None or demo_mask is None:  # no demos in this batch: nothing to clone
+                action, demo_mask = self.actor.deterministic(obs).detach(), torch.zeros_like(log_prob)
+            bc, kept = demo_bc_term(
+                self.actor, self.critic, obs, action, demo_mask, self.config.bc_q_filter,
+                self.config.actor_q, self.config.bc_action_eps,
+            )  # fmt: skip
+            loss = loss + self.config.bc_weight * bc
+            metrics += [bc, kept]
         self.policy_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.policy_optimizer.step()
         with torch.no_grad():
-            return torch.stack([loss_pi, loss_alpha, alpha, -log_prob.mean()]).detach()
+            return torch.stack(metrics).detach()
 
     # ---- the public interface
 
@@ -287,11 +345,7 @@ class SACLearner:
             self.num_updates += 1
             actor_metrics = None
             if self.num_updates % self.config.actor_update_interval == 0:
-                if self.config.actor_batch == "all" and len(minibatches) > 1:
-                    actor_obs = torch.cat([mb.obs for mb in minibatches])
-                else:
-                    actor_obs = minibatches[-1].obs
-                actor_metrics = self._actor_step_fn(actor_obs)
+                actor_metrics = self._actor_step_fn(*self._actor_inputs(minibatches))
                 self.num_actor_updates += 1
 
         self.extras = {"td_error": td_errors[0] if len(td_errors) == 1 else torch.cat(td_errors)}
@@ -302,8 +356,20 @@ class SACLearner:
             name: float(np.mean(values[i :: len(names)][: len(minibatches)])) for i, name in enumerate(names)
         }
         if actor_metrics is not None:
-            out.update(zip(ACTOR_METRICS, values[len(names) * len(minibatches) :], strict=True))
+            actor_names = ACTOR_METRICS + (DEMO_BC_METRICS if self.config.bc_weight > 0.0 else ())
+            out.update(zip(actor_names, values[len(names) * len(minibatches) :], strict=True))
         return out
+
+    def _actor_inputs(self, minibatches: list[_Minibatch]) -> tuple[torch.Tensor | None, ...]:
+        """The actor step's (obs, action, demo_mask): the last minibatch (RLPD) or all of them;
+        actions and the demo mask only when the actor clones demos (`bc_weight`)."""
+        chosen = minibatches if self.config.actor_batch == "all" else minibatches[-1:]
+        obs = chosen[0].obs if len(chosen) == 1 else torch.cat([mb.obs for mb in chosen])
+        if self.config.bc_weight == 0.0 or chosen[0].demo_mask is None:
+            return (obs,)
+        if len(chosen) == 1:
+            return obs, chosen[0].action, chosen[0].demo_mask
+        return obs, torch.cat([mb.action for mb in chosen]), torch.cat([mb.demo_mask for mb in chosen])
 
     def bc_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """`bc_loss` of a batch with obs and action (differentiable w.r.t. the actor)."""

@@ -109,6 +109,7 @@ def make_env(config: EnvConfig | str | Mapping[str, Any], seed: int | None = Non
     env = built.env if repeat == 1 else ActionRepeat(built.env, repeat)
     if config.terminate_on_success:
         if not built.has_success:
+            env.close()
             raise ValueError(f"env.terminate_on_success: {config.id} reports no success signal")
         env = EndOnSuccess(env)
     spec = EnvSpec(

@@ -497,6 +497,18 @@ def test_actor_bc_weight_pulls_the_policy_to_the_demos_during_rl() -> None:
     assert cloning.update(random_batch(64, seed=7))["bc_kept"] == 0.0
 
 
+def test_actor_bc_term_reads_demos_marked_in_a_replay_batch() -> None:
+    # demos.placement: replay -- the demos arrive inside the online batch, marked by is_demo.
+    batch = random_batch(16)
+    batch["is_demo"] = torch.arange(16) >= 8
+    algo = learner(bc_weight=1.0, bc_q_filter=False)
+    with torch.no_grad():
+        expected = bc_loss_per_item(algo.actor, batch["obs"][8:], batch["action"][8:]).mean()
+    metrics = algo.update(batch)
+    assert metrics["bc_kept"] == 1.0
+    assert metrics["bc_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
 # ---- state and policy round trips
 
 

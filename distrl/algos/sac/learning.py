@@ -74,9 +74,13 @@ def actor_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """E[alpha log pi(a|s) - Q(s, a)], a ~ pi(s), against a fixed critic; returns (loss, log pi [B])."""
     action, log_prob = actor.sample(obs)
-    q = critic(obs, action, detach_params=True)
-    q = torch.amin(q, dim=0) if reduce == "min" else q.mean(dim=0)
+    q = reduce_ensemble(critic(obs, action, detach_params=True), reduce)
     return (alpha * log_prob - q).mean(), log_prob
+
+
+def reduce_ensemble(q: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Q [E, B] -> [B]: the min over the ensemble members, or their mean (`actor_q`)."""
+    return torch.amin(q, dim=0) if reduce == "min" else q.mean(dim=0)
 
 
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
@@ -127,12 +131,8 @@ def demo_bc_term(
     keep = demo_mask
     if q_filter:
         with torch.no_grad():
-            q_demo = critic(obs, action)
-            q_policy = critic(obs, actor.deterministic(obs))
-            if reduce == "min":
-                q_demo, q_policy = torch.amin(q_demo, dim=0), torch.amin(q_policy, dim=0)
-            else:
-                q_demo, q_policy = q_demo.mean(dim=0), q_policy.mean(dim=0)
+            q_demo = reduce_ensemble(critic(obs, action), reduce)
+            q_policy = reduce_ensemble(critic(obs, actor.deterministic(obs)), reduce)
             keep = demo_mask * (q_demo > q_policy).to(demo_mask.dtype)
     kept = keep.sum()
     loss = (bc_loss_per_item(actor, obs, action, eps) * keep).sum() / kept.clamp_min(1.0)
@@ -306,15 +306,15 @@ class SACLearner:
         else:
             loss_alpha = torch.zeros((), device=obs.device)
         metrics = [loss_pi, loss_alpha, alpha, -log_prob.mean()]
-        if self.config.bc_weight > 0.0:
-            if action is None or demo_mask is None:  # no demos in this batch: nothing to clone
-                action, demo_mask = self.actor.deterministic(obs).detach(), torch.zeros_like(log_prob)
+        if self.config.bc_weight > 0.0 and demo_mask is not None:
             bc, kept = demo_bc_term(
                 self.actor, self.critic, obs, action, demo_mask, self.config.bc_q_filter,
                 self.config.actor_q, self.config.bc_action_eps,
             )  # fmt: skip
             loss = loss + self.config.bc_weight * bc
             metrics += [bc, kept]
+        elif self.config.bc_weight > 0.0:  # no demos in this batch: nothing to clone, nothing computed
+            metrics += [torch.zeros_like(alpha), torch.zeros_like(alpha)]
         self.policy_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.policy_optimizer.step()

@@ -1,11 +1,28 @@
-"""Reading a run directory while a launcher writes it (shared by the launcher tests)."""
+"""Running the `distrl` CLI and reading a run directory while a launcher writes it (shared by the
+launcher tests)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def distrl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m distrl.cli ARGS` from the repository root, headless, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "distrl.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def rows(run_dir: Path) -> list[dict]:

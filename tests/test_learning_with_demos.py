@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from run_helpers import distrl
 
 from distrl.algos import SpaceSpec
 from distrl.data.format import DemoWriter
@@ -84,15 +83,8 @@ def test_demo_table_rejects_demos_of_another_env(demos: Path):
 
 
 def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "distrl.cli", "train", str(SMOKE), "--run-dir", str(run_dir), "--no-console",
-         "train.total_env_steps=1200", "eval.enabled=false", *overrides],
-        cwd=ROOT,
-        env={**os.environ, "MUJOCO_GL": "disable"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
+    return distrl("train", str(SMOKE), "--run-dir", str(run_dir), "--no-console",
+                  "train.total_env_steps=1200", "eval.enabled=false", *overrides)  # fmt: skip
 
 
 def test_learner_mixes_demos_and_pretrains_with_bc(demos: Path, tmp_path: Path):
@@ -149,17 +141,6 @@ ROBOMIMIC_LIFT_ENV_ARGS = {
 }
 
 
-def _distrl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "distrl.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, "MUJOCO_GL": "disable"},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def write_robomimic_lift(collected: Path, out: Path) -> None:
     """Scripted Lift episodes rewritten as a robomimic low-dim file (robomimic's key names)."""
     import h5py
@@ -190,20 +171,20 @@ def write_robomimic_lift(collected: Path, out: Path) -> None:
 @pytest.mark.slow
 def test_a_robomimic_file_imports_inspects_and_trains_sac_with_demos_on_lift(tmp_path: Path):
     collected, src, store = tmp_path / "scripted.zarr", tmp_path / "lift.hdf5", tmp_path / "lift.zarr"
-    done = _distrl("demos", "collect", "robosuite:Lift", "--episodes", "4", "--terminate-on-success",
+    done = distrl("demos", "collect", "robosuite:Lift", "--episodes", "4", "--terminate-on-success",
                    "--out", str(collected), "-q")  # fmt: skip
     assert done.returncode == 0, done.stderr
     write_robomimic_lift(collected, src)
 
-    done = _distrl("demos", "import", "robomimic", str(src), str(store))
+    done = distrl("demos", "import", "robomimic", str(src), str(store))
     assert done.returncode == 0, done.stderr
-    done = _distrl("demos", "inspect", str(store), "--json")
+    done = distrl("demos", "inspect", str(store), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["episodes"] == 4 and summary["env_id"] == "robosuite:Lift"
 
     run_dir = tmp_path / "run"
-    done = _distrl(
+    done = distrl(
         "train", str(ROOT / "configs" / "rlpd_lift.yaml"), "--run-dir", str(run_dir), "--no-console",
         f"demos.path={store}", "train.total_env_steps=500", "pretrain.bc_steps=300",
         "algo.num_critics=2", "algo.utd_ratio=1", "replay.table.samples_per_insert=128",
@@ -215,7 +196,7 @@ def test_a_robomimic_file_imports_inspects_and_trains_sac_with_demos_on_lift(tmp
     keys = set().union(*rows)
     assert {"learner/pretrain/bc_loss", "learner/q_mean/demo", "learner/bc_kept"} <= keys
     assert max(r["env_steps"] for r in rows) >= 500
-    done = _distrl("eval", str(run_dir), "--episodes", "2", "--json")
+    done = distrl("eval", str(run_dir), "--episodes", "2", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["episodes"] == 2 and result["updates"] > 0 and result["success_rate"] is not None

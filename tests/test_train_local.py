@@ -10,24 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_helpers import last, rows, wait_for
+from run_helpers import distrl, last, rows, wait_for
 
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "sac_smoke.yaml"
 ENV = {**os.environ, "MUJOCO_GL": "disable"}
-
-
-def distrl(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "distrl.cli", *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

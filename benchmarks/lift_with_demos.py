@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Result, parser, print_table, write_json
 
 from distrl.actors.evaluator import evaluate
-from distrl.algos import SpaceSpec, make_algorithm
+from distrl.algos import make_algorithm
 from distrl.config import load_config
-from distrl.envs import env_spec, make_env
+from distrl.experiment import env_space, experiment_fields
 from distrl.learners.demos import DemoTable, split_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,15 +72,12 @@ def one_update_per_env_step(utd: int, online_items: int) -> list[str]:
 
 def bc_alone(demos: Path, bc_steps: int, episodes: int, seed: int) -> float:
     cfg = load_config(CONFIG, [f"demos.path={demos}"])
-    probe = make_env(cfg.env)
-    spec = env_spec(probe)
-    probe.close()
-    space = SpaceSpec(spec.obs_dim, spec.action_dim)
+    space = env_space(cfg.env)
     torch.manual_seed(seed)
     algo = make_algorithm(cfg.algo.name, space, cfg.algo.params(), "cpu")
-    table = DemoTable(demos, space, algo.device, seed=seed)
+    table = DemoTable(demos, experiment_fields(cfg, space), algo.device, seed=seed)
     for _ in range(bc_steps):
-        algo.pretrain_bc(table.sample(256))
+        algo.pretrain_step(table.sample(256))
     result = evaluate(algo.make_policy(), cfg.env, episodes, seed=10_000 + seed)
     return float(result.success_rate or 0.0)
 

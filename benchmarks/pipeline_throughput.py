@@ -53,7 +53,7 @@ def plain_loop(env_id: str, policy_kind: str, seconds: float, seed: int = 0) -> 
             if policy is None:
                 action = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
             else:
-                action = policy.act(obs[None].astype(np.float32))[0]
+                action = policy.act(obs[None].astype(np.float32)).env_actions[0]
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 obs, _ = env.reset()
@@ -104,7 +104,7 @@ def system_rate(env_id: str, policy_kind: str, actors: int, seconds: float, work
             probe.close()
             algo = make_algorithm("sac", SpaceSpec(spec.obs_dim, spec.action_dim), {}, "cpu")
             with ParamsClient(params_addr) as pc:
-                pc.publish(algo.policy_state(), version=1, metadata={"updates": "1"})
+                pc.publish(algo.params("policy"), version=1, metadata={"updates": "1"})
         for i in range(actors):
             procs.append(
                 subprocess.Popen(

@@ -8,6 +8,7 @@ here, naming its dotted path and what was expected.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,11 @@ class AlgoConfig(_Strict):
     model_config = ConfigDict(extra="allow")
 
     name: str = "sac"
+    plugin: str | None = Field(
+        None,
+        description="a module every process imports before building the algorithm; it registers "
+        "algorithms of its own with distrl.algos.register_algorithm",
+    )
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -41,6 +47,11 @@ class AlgoConfig(_Strict):
     def _validate_params(self) -> AlgoConfig:
         from distrl.algos import algorithm_config
 
+        if self.plugin is not None:
+            try:
+                importlib.import_module(self.plugin)
+            except ImportError as exc:
+                raise ValueError(f"plugin {self.plugin!r} cannot be imported: {exc}") from None
         algorithm_config(self.name, self.params())
         return self
 

@@ -224,7 +224,7 @@ def test_collect_from_a_run_dir(tmp_path):
     assert "success" not in ds.keys
     assert ds.episodes == 3
     # The stored actions are the checkpoint's deterministic policy on the stored observations.
-    expected = algo.make_policy().act(ds.array("obs"), deterministic=True)
+    expected = algo.make_policy().act(ds.array("obs"), deterministic=True).env_actions
     np.testing.assert_allclose(ds.array("action"), expected, atol=1e-6)
     options = dict(zarr.open_group(str(tmp_path / "pendulum.zarr"), mode="r").attrs)["source"]["options"]
     assert options["policy"] == str(run.resolve())
@@ -239,7 +239,7 @@ def test_collect_from_a_run_dir(tmp_path):
     ds = open_dataset(tmp_path / "noisy.zarr")
     actions = ds.array("action")
     assert np.all(np.abs(actions) <= 1.0)
-    deviation = actions - algo.make_policy().act(ds.array("obs"), deterministic=True)
+    deviation = actions - algo.make_policy().act(ds.array("obs"), deterministic=True).env_actions
     assert 0.1 < float(np.std(deviation)) < 0.5
     # The noise is seeded per attempt: the same plan writes the same episodes.
     collect(noisy, tmp_path / "noisy2.zarr", progress=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from run_helpers import distrl
 
-from distrl.algos import SpaceSpec
+from distrl.algos import SpaceSpec, base_fields
 from distrl.data.format import DemoWriter
 from distrl.envs import make_env
 from distrl.learners.demos import DemoTable, split_batch
@@ -69,7 +69,7 @@ def test_split_batch():
 
 
 def test_demo_table_samples_on_device(demos: Path):
-    table = DemoTable(demos, SpaceSpec(4, 1), torch.device("cpu"))
+    table = DemoTable(demos, base_fields(SpaceSpec(4, 1)), torch.device("cpu"))
     assert table.size == 4 * 150 and table.episodes == 4
     batch = table.sample(64)
     assert batch["obs"].shape == (64, 4) and batch["obs"].dtype == torch.float32
@@ -78,8 +78,8 @@ def test_demo_table_samples_on_device(demos: Path):
 
 
 def test_demo_table_rejects_demos_of_another_env(demos: Path):
-    with pytest.raises(ValueError, match="do not match the env"):
-        DemoTable(demos, SpaceSpec(17, 6), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"'obs' has per-step shape \(4,\).*need \(17,\).*another env"):
+        DemoTable(demos, base_fields(SpaceSpec(17, 6)), torch.device("cpu"))
 
 
 def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from distrl.params import (
+    DEFAULT_PARAM_SET,
     MAX_MESSAGE_BYTES,
+    UPDATES_KEY,
     ParamsClient,
     ParamsSubscriptionError,
     RunningParamServer,
@@ -370,6 +372,248 @@ def test_concurrent_publishers_get_distinct_growing_versions(client):
     assert sorted(results) == list(range(1, 21))
 
 
+# -- named parameter sets -------------------------------------------------------------------------
+
+
+def barrier(step: int) -> dict[str, np.ndarray]:
+    """A small set unlike `model`, so a version from the wrong set cannot pass as this one."""
+    return {"alpha": np.full((4, 3), step, dtype=np.float64), "centers": np.arange(6, dtype=np.int32) + step}
+
+
+def test_sets_are_published_with_independent_versions(client):
+    policy, base = model(1, big=1024), model(99, big=4096)
+    assert client.publish(policy, metadata={UPDATES_KEY: "10"}) == 1
+    assert client.publish(policy) == 2
+    # A new set starts its own sequence, whatever the other sets' versions are.
+    assert client.publish(base, param_set="base") == 1
+    assert client.publish(policy, version=10) == 10
+    assert client.publish(barrier(3), param_set="barrier", version=3) == 3
+    assert client.publish(barrier(4), param_set="barrier") == 4
+
+    got = client.fetch(param_set="base")
+    assert (got.version, got.param_set) == (1, "base")
+    assert_same(base, got.tensors)
+    got = client.fetch()
+    assert (got.version, got.param_set) == (10, DEFAULT_PARAM_SET)
+    assert_same(policy, got.tensors)
+    got = client.fetch(min_version=4, param_set="barrier")
+    assert (got.version, got.param_set) == (4, "barrier")
+    assert_same(barrier(4), got.tensors)
+
+    info = client.info(param_set="base")
+    assert (info.param_set, info.version, info.publishes) == ("base", 1, 1)
+    assert info.names == list(base)
+    assert info.num_bytes == sum(a.nbytes for a in base.values())
+    assert info.sets == ["barrier", "base", "policy"]
+    info = client.info()
+    assert (info.param_set, info.version, info.publishes) == ("policy", 10, 3)
+    assert info.sets == ["barrier", "base", "policy"]
+
+
+def test_each_subscription_receives_only_its_set(server, client):
+    base_sub = client.subscribe(param_set="base")
+    policy_sub = client.subscribe()
+    channel, stub = raw_stub(server.address)
+    raw_base = stub.Subscribe(params_pb2.SubscribeRequest(param_set="base"), timeout=TIMEOUT_S)
+    wait_until(lambda: client.info("base").subscribers == 2, what="base subscribers to register")
+    assert client.info().subscribers == 1
+
+    client.publish(model(1, big=1024))
+    client.publish(model(50, big=4096), param_set="base")
+    client.publish(model(2, big=1024))
+    client.publish(model(3, big=1024))
+    client.publish(model(51, big=4096), param_set="base", version=7)
+
+    got = policy_sub.wait_for_version(3, TIMEOUT_S)
+    assert (got.version, got.param_set) == (3, "policy")
+    assert_same(model(3, big=1024), got.tensors)
+    got = base_sub.wait_for_version(7, TIMEOUT_S)
+    assert (got.version, got.param_set) == (7, "base")
+    assert_same(model(51, big=4096), got.tensors)
+
+    # The raw base stream saw base versions only, each whole and labelled with its set.
+    versions = read_versions(raw_base, 2)
+    assert [v.version for v in versions] == [1, 7]
+    assert {c.param_set for v in versions for c in v.chunks} == {"base"}
+    assert_same(model(50, big=4096), versions[0].tensors())
+    raw_base.cancel()
+    channel.close()
+
+
+def test_a_stale_version_of_one_set_leaves_the_others_alone(client):
+    client.publish(model(1, big=256), version=5)
+    client.publish(barrier(3), param_set="barrier", version=3)
+    for stale in (3, 2):
+        with pytest.raises(grpc.RpcError) as err:
+            client.publish(barrier(stale), param_set="barrier", version=stale)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = err.value.details()
+        assert (
+            f"version {stale} is not newer than the current version 3 of parameter set 'barrier'" in details
+        )
+    with pytest.raises(grpc.RpcError) as err:
+        client.publish(model(2, big=256), version=5)
+    assert "current version 5 of parameter set 'policy'" in err.value.details()
+
+    # Neither refusal touched either set, and each still takes its own next versions.
+    assert client.fetch(param_set="barrier").version == 3
+    assert client.fetch().version == 5
+    assert client.publish(barrier(4), param_set="barrier", version=4) == 4  # below policy's 5: fine
+    assert client.publish(model(3, big=256)) == 6
+    assert client.info("barrier").publishes == 2
+    assert client.info().publishes == 2
+
+
+@pytest.mark.parametrize("name", ["has space", "a/b", "x" * 65, "ünï", "policy\n"])
+def test_bad_set_names_are_rejected_by_name(server, client, name):
+    shown = repr(name[:40])
+    with pytest.raises(ValueError, match="parameter set name"):
+        client.publish(model(1, big=256), param_set=name)
+    for call in (
+        lambda: client.fetch(param_set=name),
+        lambda: client.info(param_set=name),
+        lambda: client.subscribe(param_set=name),
+    ):
+        with pytest.raises(ValueError, match="parameter set name"):
+            call()
+
+    # A client that skips the checks is refused by the server, naming the set.
+    channel, stub = raw_stub(server.address)
+    chunks = list(iter_chunks(0, prepare_tensors(barrier(1)), param_set=name))
+    calls = {
+        "Publish": lambda: stub.Publish(iter(chunks), timeout=TIMEOUT_S),
+        "Fetch": lambda: list(stub.Fetch(params_pb2.FetchRequest(param_set=name), timeout=TIMEOUT_S)),
+        "Subscribe": lambda: list(
+            stub.Subscribe(params_pb2.SubscribeRequest(param_set=name), timeout=TIMEOUT_S)
+        ),
+        "Info": lambda: stub.Info(params_pb2.ParamsInfoRequest(param_set=name), timeout=TIMEOUT_S),
+    }
+    for rpc, call in calls.items():
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, rpc
+        assert f"parameter set name {shown}" in err.value.details(), rpc
+    channel.close()
+    assert client.info().sets == []
+
+
+def test_a_publish_naming_two_sets_is_rejected(server, client):
+    client.publish(barrier(1), param_set="barrier")
+    chunks = _chunks(w=np.arange(12, dtype=np.float32), b=np.ones(3, dtype=np.float32))
+    for chunk in chunks:
+        chunk.param_set = "base" if chunk.name == "b" else "barrier"
+    channel, stub = raw_stub(server.address)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Publish(iter(chunks), timeout=TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details()
+    assert details.startswith("publish rejected:")
+    assert "parameter set 'base' inside a version of set 'barrier'" in details
+    assert client.info().sets == ["barrier"]
+    assert client.fetch(param_set="barrier").version == 1
+
+    # The empty name is the default set, so "" and "policy" in one publish are one set.
+    chunks = _chunks(w=np.arange(12, dtype=np.float32))
+    chunks[-1].param_set = DEFAULT_PARAM_SET
+    assert stub.Publish(iter(chunks), timeout=TIMEOUT_S).version == 1
+    channel.close()
+    assert client.info().sets == ["barrier", "policy"]
+
+
+def test_a_set_never_published_is_not_found_but_can_be_waited_for(client):
+    client.publish(model(1, big=256))
+    with pytest.raises(grpc.RpcError) as err:
+        client.fetch(param_set="barrier")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "parameter set 'barrier' has been published" in err.value.details()
+    assert "sets held: policy" in err.value.details()
+    info = client.info("barrier")
+    assert (info.param_set, info.version, info.publishes, info.names) == ("barrier", 0, 0, [])
+
+    subscription = client.subscribe(param_set="barrier")
+    wait_until(lambda: client.info("barrier").subscribers == 1, what="barrier subscriber to register")
+    # Waiting on a set does not make the server hold it.
+    assert client.info().sets == ["policy"]
+    with pytest.raises(TimeoutError):
+        subscription.wait_for_version(1, timeout=0.3)
+    client.publish(model(2, big=256))
+    assert subscription.latest() is None
+    client.publish(barrier(5), param_set="barrier", version=5)
+    got = subscription.wait_for_version(5, TIMEOUT_S)
+    assert (got.version, got.param_set) == (5, "barrier")
+    assert_same(barrier(5), got.tensors)
+    subscription.close()
+    wait_until(lambda: client.info("barrier").subscribers == 0, what="barrier subscriber to go")
+    assert client.info().sets == ["barrier", "policy"]
+
+
+def test_the_number_of_sets_is_limited():
+    running = start_params_server(max_sets=2)
+    try:
+        with ParamsClient(running.address, timeout_s=TIMEOUT_S) as client:
+            client.publish(barrier(1))
+            client.publish(barrier(1), param_set="base")
+            with pytest.raises(grpc.RpcError) as err:
+                client.publish(barrier(1), param_set="barrier")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = err.value.details()
+            assert "'barrier'" in details and "limit of 2" in details and "--max-sets" in details
+            # The sets already held keep taking versions.
+            assert client.publish(barrier(2), param_set="base") == 2
+            assert client.publish(barrier(2)) == 2
+            assert client.info().sets == ["base", "policy"]
+    finally:
+        running.stop(0)
+
+
+def test_callers_that_name_no_set_use_the_default_set(server, client):
+    client.publish(barrier(9), param_set="base", version=9)
+    channel, stub = raw_stub(server.address)
+    # A publisher from before sets: no set on its chunks.
+    chunks = list(iter_chunks(0, prepare_tensors(barrier(1))))
+    assert {c.param_set for c in chunks} == {""}
+    assert stub.Publish(iter(chunks), timeout=TIMEOUT_S).version == 1
+    got = client.fetch(param_set=DEFAULT_PARAM_SET)
+    assert (got.version, got.param_set) == (1, "policy")
+    assert_same(barrier(1), got.tensors)
+
+    client.publish(barrier(2), metadata={UPDATES_KEY: "200"})
+    (fetched,) = read_versions(stub.Fetch(params_pb2.FetchRequest(), timeout=TIMEOUT_S), 1)
+    assert (fetched.version, fetched.param_set, fetched.metadata) == (2, "policy", {"updates": "200"})
+    assert_same(barrier(2), fetched.tensors())
+    stream = stub.Subscribe(params_pb2.SubscribeRequest(after_version=1), timeout=TIMEOUT_S)
+    assert [v.version for v in read_versions(stream, 1)] == [2]
+    stream.cancel()
+    info = stub.Info(params_pb2.ParamsInfoRequest(), timeout=TIMEOUT_S)
+    assert (info.param_set, info.version, list(info.sets)) == ("policy", 2, ["base", "policy"])
+    channel.close()
+
+
+def test_a_set_subscription_resumes_after_its_own_newest_version():
+    first = start_params_server()
+    port = first.port
+    client = ParamsClient(first.address, timeout_s=TIMEOUT_S)
+    subscription = client.subscribe(param_set="barrier", initial_backoff_s=0.05, max_backoff_s=0.5)
+    try:
+        client.publish(model(1, big=256), version=50)
+        client.publish(barrier(3), param_set="barrier", version=3)
+        assert subscription.wait_for_version(3, TIMEOUT_S).version == 3
+        first.stop(0)
+        second = start_params_server(port=port)
+        try:
+            with ParamsClient(second.address, timeout_s=TIMEOUT_S) as learner:
+                learner.publish(model(2, big=256), version=51)
+                learner.publish(barrier(4), param_set="barrier", version=4)
+            # Resuming after the policy's 50 instead of the barrier's 3 would never see 4.
+            got = subscription.wait_for_version(4, TIMEOUT_S)
+            assert (got.version, got.param_set) == (4, "barrier")
+            assert_same(barrier(4), got.tensors)
+        finally:
+            second.stop(0)
+    finally:
+        client.close()
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -411,15 +655,27 @@ def test_serve_params_command_runs_reports_and_stops_on_sigterm():
 
         with ParamsClient(address) as client:
             client.publish({"w": np.ones((2, 3), dtype=np.float32)}, version=4)
+            client.publish({"alpha": np.ones(5, dtype=np.float64)}, param_set="barrier")
         out = _cli("params", "info", address, "--json")
         assert out.returncode == 0, out.stderr
         info = json.loads(out.stdout)
         assert info["version"] == 4
         assert info["names"] == ["w"]
         assert info["num_bytes"] == 24
+        assert info["param_set"] == "policy"
+        assert info["sets"] == ["barrier", "policy"]
         human = _cli("params", "info", address)
         assert human.returncode == 0, human.stderr
         assert "version      4" in human.stdout
+        human = _cli("params", "info", address, "--set", "barrier")
+        assert human.returncode == 0, human.stderr
+        assert "set          barrier" in human.stdout
+        assert "version      1" in human.stdout
+        assert "names        alpha" in human.stdout
+        assert "sets         barrier, policy" in human.stdout
+        bad = _cli("params", "info", address, "--set", "no good")
+        assert bad.returncode == 2
+        assert "'no good'" in bad.stderr
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

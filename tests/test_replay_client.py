@@ -12,7 +12,7 @@ import pytest
 from replay_helpers import batch, check_rows, shard, table_ids, wait_for
 
 from distrl.replay.client import (
-    BatchRejectedError,
+    InsertRejectedError,
     ReplayClient,
     ReplayClientError,
     home_shard,
@@ -115,7 +115,7 @@ def test_rejected_batch_raises_for_that_batch_only_and_later_batches_are_resent(
         bad_seq = w.insert(bad)
         for i in range(2, 6):  # pipelined behind the bad one
             w.insert(batch(range(i * 10, i * 10 + 10)))
-        with pytest.raises(BatchRejectedError) as err:
+        with pytest.raises(InsertRejectedError) as err:
             w.flush(10)
         assert err.value.field == "reward" and err.value.sequence == bad_seq
         assert "reward" in str(err.value) and "float64" in str(err.value)
@@ -136,7 +136,7 @@ def test_rejection_surfaces_on_the_next_insert():
         nan["obs"][0, 0] = np.nan
         w.insert(nan)
         wait_for(lambda: w.stats().rejected == 1, message="the rejection")
-        with pytest.raises(BatchRejectedError, match="obs"):
+        with pytest.raises(InsertRejectedError, match="obs"):
             w.insert(batch(range(10, 15)))
         w.insert(batch(range(10, 15)))
         w.close()
@@ -190,7 +190,7 @@ def test_sampler_keeps_waiting_through_rate_limiter_timeouts():
     ):
         with pytest.raises(TimeoutError):
             client.sample(16, timeout=0.5)
-        stats = client.sampler_stats()
+        stats = client.prefetch_stats()
         assert stats.rate_limited_wait_s >= 0.2 and stats.batches == 0
         with client.writer("actor-0") as w:
             w.insert(batch(range(60)))
@@ -232,7 +232,7 @@ def test_sampling_runs_at_most_the_credit_window_ahead_of_the_learner():
         consumed += sum(len(client.sample(32, timeout=5)) for _ in range(3 * client.sample_window))
         samples = _settled(lambda: table().samples)
         assert consumed < samples <= consumed + window, (consumed, samples, window)
-        assert client.sampler_stats().grants > 2
+        assert client.prefetch_stats().grants > 2
 
 
 def test_sample_window_is_checked():
@@ -294,13 +294,13 @@ def test_a_shard_without_new_data_is_left_out_once_its_rate_limiter_holds_it_bac
                 check_rows(s.fields)
                 from_b += int((s.shard == 1).sum())
         assert from_b <= 390 + client.sample_window * 64  # shard 1's limiter held: its budget, prefetch
-        stats = client.sampler_stats()
+        stats = client.prefetch_stats()
         assert stats.shards_held_back == [False, True], stats
         assert (client.sample(64, timeout=10).shard == 0).all()
         # Shard 1 gets data again: it delivers and is back in the batches.
         _fill(client, 1, range(5000, 5400), "b2")
         wait_for(lambda: (client.sample(64, timeout=10).shard == 1).any(), message="shard 1 sampled again")
-        assert client.sampler_stats().shards_held_back == [False, False]
+        assert client.prefetch_stats().shards_held_back == [False, False]
 
 
 def test_dead_shard_is_skipped_by_the_sampler_and_retried():
@@ -316,7 +316,7 @@ def test_dead_shard_is_skipped_by_the_sampler_and_retried():
             wait_for(
                 lambda: (
                     client.sample(64, timeout=5) is not None
-                    and client.sampler_stats().shards_up == [True, True]
+                    and client.prefetch_stats().shards_up == [True, True]
                 )
             )
             a.stop(0)
@@ -324,7 +324,7 @@ def test_dead_shard_is_skipped_by_the_sampler_and_retried():
             wait_for(
                 lambda: (
                     check_rows(client.sample(64, timeout=5).fields) is not None
-                    and client.sampler_stats().shards_up == [False, True]
+                    and client.prefetch_stats().shards_up == [False, True]
                 ),
                 message="shard 0 marked down",
             )
@@ -333,7 +333,7 @@ def test_dead_shard_is_skipped_by_the_sampler_and_retried():
                 s = client.sample(64, timeout=5)
                 ids = check_rows(s.fields)
                 assert (s.shard == 1).all() and (ids >= 1000).all()
-            assert client.sampler_stats().reconnects >= 1
+            assert client.prefetch_stats().reconnects >= 1
     finally:
         a.stop(0)
         b.stop(0)

@@ -21,8 +21,9 @@ from distrl.replay.messages import (
     layout_to_proto,
     pack_transition_batch,
 )
+from distrl.replay.protocol import REJECTED_FIELD_KEY
 from distrl.replay.rows import LayoutError, PackedBatch, RowColumn, RowLayout
-from distrl.replay.server import REJECTED_FIELD_KEY, serve_replay_shard
+from distrl.replay.server import serve_replay_shard
 from distrl.replay.table import Table
 from distrl.wire.channel import open_channel
 from distrl.wire.codec import TensorDecodeError
@@ -313,7 +314,7 @@ def test_client_writes_and_samples_over_tls_with_a_token(tmp_path):
                 w.insert(batch(range(40)))
             for _ in range(5):
                 check_rows(client.sample(16, timeout=5).fields)
-            assert client.sampler_stats().grants >= 2
+            assert client.prefetch_stats().grants >= 2
     finally:
         running.stop(0)
         s.close(final_checkpoint=False)

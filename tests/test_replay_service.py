@@ -19,7 +19,7 @@ from replay_helpers import batch, check_rows, shard, start_cli_shard, stop_proce
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc, tensor_pb2
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
 from distrl.replay.messages import decode_sample_batch, encode_transition_batch
-from distrl.replay.server import REJECTED_FIELD_KEY
+from distrl.replay.protocol import REJECTED_FIELD_KEY
 from distrl.wire.channel import check_health, open_channel
 from distrl.wire.codec import decode, encode
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from distrl.proto.v1 import replay_pb2
 from distrl.replay.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -16,9 +18,11 @@ from distrl.replay.checkpoint import (
     write_checkpoint,
 )
 from distrl.replay.config import FieldSpecConfig, TableConfig
+from distrl.replay.item_samplers import SumTree
+from distrl.replay.messages import decode_table_stats, encode_table_stats
 from distrl.replay.rate_limiter import RateLimiter
-from distrl.replay.samplers import SumTree
-from distrl.replay.spec import BatchRejected
+from distrl.replay.spec import SpecViolation
+from distrl.replay.stats import FieldSpecInfo, TableCounters, TableStats
 from distrl.replay.table import RateLimiterTimeout, Table, TableClosed
 
 
@@ -148,7 +152,7 @@ def test_bad_batches_rejected_and_table_unchanged(mutate, field):
     before = table.snapshot()
     bad = batch(4, 100)
     mutate(bad)
-    with pytest.raises(BatchRejected) as info:
+    with pytest.raises(SpecViolation) as info:
         table.insert(bad, actor_id="a", sequence=10)
     assert info.value.field == field
     assert field in str(info.value)
@@ -162,7 +166,7 @@ def test_bad_batches_rejected_and_table_unchanged(mutate, field):
 def test_configured_spec_rejects_first_batch_mismatch():
     spec = {"obs": FieldSpecConfig(dtype="float32", shape=[3]), "reward": FieldSpecConfig(dtype="float32")}
     table = Table(TableConfig(capacity=10, spec=spec))
-    with pytest.raises(BatchRejected, match="action"):
+    with pytest.raises(SpecViolation, match="action"):
         table.insert(batch(2), actor_id="a", sequence=0)
     ok = {"obs": np.zeros((2, 3), np.float32), "reward": np.zeros(2, np.float32)}
     assert table.insert(ok, actor_id="a", sequence=0).stored
@@ -170,7 +174,7 @@ def test_configured_spec_rejects_first_batch_mismatch():
 
 def test_reserved_field_name_rejected():
     table = Table(TableConfig(capacity=10))
-    with pytest.raises(BatchRejected, match="policy_version"):
+    with pytest.raises(SpecViolation, match="policy_version"):
         table.insert({"policy_version": np.zeros(2, np.int64)}, actor_id="a", sequence=0)
 
 
@@ -332,6 +336,45 @@ def test_checkpoint_round_trip(tmp_path):
     restored["main"].insert(batch(4, 500), actor_id="a", sequence=6)
     assert restored["main"].snapshot().keys[-1] == 27
     assert len(restored["empty"]) == 0
+
+
+def test_stats_are_kept_once_for_info_and_checkpoints(tmp_path):
+    import zarr
+
+    cfg = TableConfig(capacity=16, samples_per_insert=2.0, error_buffer=100)
+    table = Table(cfg, seed=0)
+    fill(table, 3)
+    assert not table.insert(batch(4), actor_id="a", sequence=0).stored  # a resend
+    with pytest.raises(SpecViolation):
+        table.insert({"obs": batch(4)["obs"]}, actor_id="a", sequence=9)
+    table.sample(8)
+    stats = table.stats()
+    counts = (stats.inserts, stats.samples, stats.inserted_batches, stats.duplicate_batches)
+    assert counts == (12, 8, 3, 1) and stats.rejected_batches == 1
+    assert stats.samples_per_insert == pytest.approx(8 / 12) and stats.target_samples_per_insert == 2.0
+    assert stats.spec["obs"] == FieldSpecInfo("float32", [3])
+    # Info sends it as a TableInfo, whose fields are the dataclass's; the client reads back the same.
+    assert {f.name for f in dataclasses.fields(TableStats)} == set(
+        replay_pb2.TableInfo.DESCRIPTOR.fields_by_name
+    )
+    assert decode_table_stats(encode_table_stats(stats)) == stats
+    # A checkpoint stores the counters by name, as it always has, and a restored table goes on from them.
+    group = zarr.open_group(str(write_checkpoint([table], tmp_path)), mode="r")["default"]
+    assert group.attrs["counters"] == {
+        "inserts": 12,
+        "samples": 8,
+        "inserted_batches": 3,
+        "duplicate_batches": 1,
+        "rejected_batches": 1,
+        "insert_wait_s": 0.0,
+        "sample_wait_s": 0.0,
+    }
+    restored = restore_tables([cfg], tmp_path)[0]["default"]
+    assert restored.stats() == stats
+    restored.sample(4)
+    assert restored.stats().samples == 12  # the rate limiter counts into the restored counters
+    # An older checkpoint without some counter starts it at 0.
+    assert TableCounters.from_dict({"inserts": 5}) == TableCounters(inserts=5)
 
 
 def test_checkpoints_rotate_and_partial_writes_are_ignored(tmp_path):

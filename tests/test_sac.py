@@ -20,7 +20,7 @@ from distrl.algos import (
     make_algorithm,
     make_policy,
 )
-from distrl.algos.sac import Actor, CriticEnsemble, SACLearner, bc_loss, soft_q_target
+from distrl.algos.sac import CriticEnsemble, SACLearner, TanhGaussianActor, bc_loss, soft_q_target
 from distrl.algos.sac.learning import bc_loss_per_item, demo_bc_term, polyak_update
 
 SPEC = SpaceSpec(obs_dim=5, action_dim=3)
@@ -70,7 +70,9 @@ def member_q(critic: CriticEnsemble, member: int, obs: torch.Tensor, action: tor
     return h.squeeze(-1)
 
 
-def hand_sample(actor: Actor, obs: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hand_sample(
+    actor: TanhGaussianActor, obs: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The tanh-Gaussian sample and log-probability through torch.distributions."""
     mean, log_std = actor(obs)
     base = torch.distributions.Normal(mean, log_std.exp())
@@ -192,7 +194,7 @@ def test_shapes_and_log_prob_match_torch_distributions() -> None:
 
 
 def test_log_std_stays_inside_the_documented_bounds() -> None:
-    actor = Actor(2, 2, (8,), -5.0, 2.0)
+    actor = TanhGaussianActor(2, 2, (8,), -5.0, 2.0)
     with torch.no_grad():
         actor.head.bias.copy_(torch.tensor([0.0, 0.0, 1e4, -1e4]))
     _, log_std = actor(torch.zeros(1, 2))
@@ -207,7 +209,7 @@ def test_critic_target_and_loss_are_what_the_hand_computation_gives() -> None:
     torch.manual_seed(11)
     metrics = algo.update(batch)
     # The update used exactly this target: its TD errors and loss are reproduced by hand.
-    torch.testing.assert_close(algo.extras["td_error"], (q_before - y).abs().mean(0))
+    torch.testing.assert_close(algo.priorities(), (q_before - y).abs().mean(0))
     hand_loss = (q_before - y).square().mean(-1).sum().item()
     assert metrics["critic_loss"] == pytest.approx(hand_loss, rel=1e-5)
     assert metrics["target_q_mean"] == pytest.approx(y.mean().item(), rel=1e-5, abs=1e-6)
@@ -236,7 +238,7 @@ def test_terminated_cuts_the_bootstrap_and_truncated_does_not() -> None:
     q = hand_q(algo, batch)
     terminated = {**batch, "terminated": ends, "truncated": ~ends}
     algo.update(terminated)
-    torch.testing.assert_close(algo.extras["td_error"], (q - batch["reward"]).abs().mean(0))
+    torch.testing.assert_close(algo.priorities(), (q - batch["reward"]).abs().mean(0))
     # Truncated only: the same transitions bootstrap from s' (float flags work too).
     algo = learner()
     q = hand_q(algo, batch)
@@ -244,7 +246,7 @@ def test_terminated_cuts_the_bootstrap_and_truncated_does_not() -> None:
     y = hand_target(algo, truncated, seed=2)
     torch.manual_seed(2)
     algo.update(truncated)
-    torch.testing.assert_close(algo.extras["td_error"], (q - y).abs().mean(0))
+    torch.testing.assert_close(algo.priorities(), (q - y).abs().mean(0))
     assert not torch.allclose(y, batch["reward"])
 
 
@@ -358,7 +360,7 @@ def test_utd_splits_the_batch_into_consecutive_critic_minibatches() -> None:
     torch.manual_seed(7)
     metrics = split.update(batch)
     assert (split.num_critic_updates, split.num_actor_updates, split.num_updates) == (3, 1, 1)
-    assert split.extras["td_error"].shape == (24,)
+    assert split.priorities().shape == (24,)
     assert "actor_loss" in metrics
 
     # The same as three critic steps on consecutive thirds, then one actor step on the last third.
@@ -403,10 +405,8 @@ def test_demo_batch_is_mixed_into_every_minibatch() -> None:
     for key in ("critic_loss", "q_mean/online", "q_mean/demo", "td_error/online", "td_error/demo"):
         assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-5)
     # TD errors come back for the online items only (the replay owns those), in order.
-    assert mixed.extras["td_error"].shape == (8,)
-    torch.testing.assert_close(
-        mixed.extras["td_error"], reference.extras["td_error"][[0, 1, 2, 3, 6, 7, 8, 9]]
-    )
+    assert mixed.priorities().shape == (8,)
+    torch.testing.assert_close(mixed.priorities(), reference.priorities()[[0, 1, 2, 3, 6, 7, 8, 9]])
 
 
 def test_per_source_q_means_are_hand_computed() -> None:
@@ -426,9 +426,9 @@ def test_behaviour_cloning_fits_demo_actions() -> None:
     demo_action = torch.tanh(obs[:, :3] * 0.8)
     demo_action[:5] = 1.0  # saturated demo actions must not produce inf through atanh
     assert torch.isfinite(bc_loss(algo.actor, obs, demo_action))
-    first = algo.pretrain_bc({"obs": obs, "action": demo_action})
+    first = algo.pretrain_step({"obs": obs, "action": demo_action})
     for _ in range(150):
-        last = algo.pretrain_bc({"obs": obs, "action": demo_action})
+        last = algo.pretrain_step({"obs": obs, "action": demo_action})
     assert last["bc_loss"] < first["bc_loss"] - 1.0
     assert last["bc_action_mse"] < 0.2 * first["bc_action_mse"]
 
@@ -442,7 +442,7 @@ def test_behaviour_cloning_learns_a_saturated_switch_beside_tight_dims() -> None
     demo_action = torch.tanh(obs[:, :3] * 0.3)
     demo_action[:, 2] = torch.where(obs[:, 3] > 0, 1.0, -1.0)
     for _ in range(600):
-        metrics = algo.pretrain_bc({"obs": obs, "action": demo_action})
+        metrics = algo.pretrain_step({"obs": obs, "action": demo_action})
     with torch.no_grad():
         switch = algo.actor.deterministic(obs)[:, 2]
     clear = obs[:, 3].abs() > 0.3  # away from the step, which a small MLP blurs
@@ -554,23 +554,23 @@ def test_load_state_dict_does_not_share_optimizer_tensors() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_policy_state_gives_actors_the_learners_actions() -> None:
+def test_policy_params_give_actors_the_learners_actions() -> None:
     algo = learner()
     for i in range(3):
         algo.update(random_batch(16, seed=i))
-    state = algo.policy_state()
+    state = algo.params("policy")
     assert all(v.dtype == np.float32 for v in state.values())
     policy = make_policy("sac", SPEC, SMALL | {"seed": 42})
-    policy.load_policy_state(state)
+    policy.load_params("policy", state)
     obs = np.random.default_rng(0).standard_normal((6, SPEC.obs_dim)).astype(np.float32)
     with torch.no_grad():
         expected = algo.actor.deterministic(torch.from_numpy(obs)).numpy()
-    np.testing.assert_array_equal(policy.act(obs, deterministic=True), expected)
-    np.testing.assert_array_equal(algo.make_policy().act(obs, deterministic=True), expected)
-    stochastic = policy.act(obs)
+    np.testing.assert_array_equal(policy.act(obs, deterministic=True).env_actions, expected)
+    np.testing.assert_array_equal(algo.make_policy().act(obs, deterministic=True).env_actions, expected)
+    stochastic = policy.act(obs).env_actions
     assert stochastic.shape == (6, 3) and stochastic.dtype == np.float32 and np.abs(stochastic).max() < 1
-    assert policy.act(obs[0].astype(np.float64), deterministic=True).shape == (3,)
-    # policy_state is a copy: further updates leave an already published state alone.
+    assert policy.act(obs[0].astype(np.float64), deterministic=True).env_actions.shape == (1, 3)
+    # params() is a copy: further updates leave an already published state alone.
     snapshot = {k: v.copy() for k, v in state.items()}
     algo.update(random_batch(16, seed=5))
     for key, value in state.items():
@@ -579,15 +579,15 @@ def test_policy_state_gives_actors_the_learners_actions() -> None:
 
 def test_policy_refuses_bad_states_and_observations() -> None:
     policy = make_policy("sac", SPEC, SMALL)
-    state = learner().policy_state()
+    state = learner().params("policy")
     with pytest.raises(ValueError, match=r"missing \['head\.bias'\]"):
-        policy.load_policy_state({k: v for k, v in state.items() if k != "head.bias"})
+        policy.load_params("policy", {k: v for k, v in state.items() if k != "head.bias"})
     with pytest.raises(ValueError, match=r"'head\.weight' has shape"):
-        policy.load_policy_state({**state, "head.weight": np.zeros((2, 2), np.float32)})
+        policy.load_params("policy", {**state, "head.weight": np.zeros((2, 2), np.float32)})
     bad = state["head.bias"].copy()
     bad[0] = np.nan
     with pytest.raises(ValueError, match="finite"):
-        policy.load_policy_state({**state, "head.bias": bad})
+        policy.load_params("policy", {**state, "head.bias": bad})
     with pytest.raises(ValueError, match="obs has shape"):
         policy.act(np.zeros((2, 4), np.float32))
 
@@ -603,7 +603,7 @@ def test_learns_the_best_action_of_a_one_step_bandit() -> None:
     algo = make_algorithm("sac", spec, config, device="cpu")
     torch.manual_seed(0)
     obs = torch.randn(4, spec.obs_dim)
-    before = np.abs(algo.make_policy().act(obs.numpy(), deterministic=True) - best.numpy()).max()
+    before = np.abs(algo.make_policy().act(obs.numpy(), deterministic=True).env_actions - best.numpy()).max()
     for _ in range(300):
         action = torch.rand(64, 2) * 2 - 1
         batch = {
@@ -614,7 +614,7 @@ def test_learns_the_best_action_of_a_one_step_bandit() -> None:
             "terminated": torch.ones(64, dtype=torch.bool),
         }
         algo.update(batch)
-    after = np.abs(algo.make_policy().act(obs.numpy(), deterministic=True) - best.numpy()).max()
+    after = np.abs(algo.make_policy().act(obs.numpy(), deterministic=True).env_actions - best.numpy()).max()
     # The entropy bonus (alpha is still ~0.4 here) keeps the mean a little off a*.
     assert after < 0.15 < before
 
@@ -622,7 +622,7 @@ def test_learns_the_best_action_of_a_one_step_bandit() -> None:
 def test_behaviour_cloning_batch_errors_name_the_problem() -> None:
     algo = learner()
     with pytest.raises(BatchError, match="missing 'action'"):
-        algo.pretrain_bc({"obs": torch.zeros(4, SPEC.obs_dim)})
+        algo.pretrain_step({"obs": torch.zeros(4, SPEC.obs_dim)})
     with pytest.raises(BatchError, match="expected \\[B, 5\\] and \\[B, 3\\]"):
         algo.bc_loss({"obs": torch.zeros(4, SPEC.obs_dim), "action": torch.zeros(4, 2)})
 

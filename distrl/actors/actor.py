@@ -17,16 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distrl.actors.rollout import LockstepEnvs, TransitionBuffer
-from distrl.algos import SpaceSpec, make_policy
+from distrl.actors.rollout import Rollout, TransitionBuffer
+from distrl.algos import POLICY_PARAMS, Policy, make_policy
 from distrl.config import ExperimentConfig
-from distrl.envs import env_spec, make_env
-from distrl.params import ParamsClient
+from distrl.envs import make_env
+from distrl.experiment import experiment_fields, space_of
+from distrl.params import UPDATES_KEY, ParamsClient
 from distrl.replay.client import ReplayClient
 from distrl.telemetry import TelemetryReporter
-
-# Metadata key the learner sets on every published version.
-UPDATES_KEY = "updates"
 
 
 @dataclass
@@ -51,28 +49,39 @@ class Actor:
         # Small-batch inference: more threads only fight the learner for the cores.
         torch.set_num_threads(1)
         seed = actor_seed(config, index)
-        self.envs = LockstepEnvs(
-            [make_env(config.env, seed=seed + i) for i in range(acfg.envs_per_actor)], seed=seed
-        )
-        self.spec = env_spec(self.envs.envs[0])
-        space = SpaceSpec(self.spec.obs_dim, self.spec.action_dim)
-        self.policy = make_policy(config.algo.name, space, config.algo.params())
+        envs = [make_env(config.env, seed=seed + i) for i in range(acfg.envs_per_actor)]
+        space = space_of(envs[0])
+        self.fields = experiment_fields(config, space)
+        self.policy: Policy = make_policy(config.algo.name, space, config.algo.params())
+        self.rollout = Rollout(envs, self.policy, self.fields, seed=seed)
         self.policy_version = 0
+        self.param_versions: dict[str, int] = {}
         self.learner_updates = 0
         self.steps = 0
         # Warm-up is shared: each actor takes its slice of the run's random steps.
         self.random_steps = math.ceil(acfg.warmup_steps / acfg.num_actors)
         self._rng = np.random.default_rng(seed)
         self._buffer = TransitionBuffer(acfg.insert_batch_size)
-        self._pending_version: int | None = None
+        self.writer_stats = None  # the replay writer's counters once `run` has returned
 
     def run(self, stop: threading.Event, max_steps: int | None = None) -> None:
         """Step until `stop` is set (or `max_steps` env steps); flushes what it holds on the way out."""
         sec = self.config.network.security
         replay = ReplayClient(self.addresses.replay, table=self.config.replay.table.name, security=sec)
-        writer = replay.writer(self.actor_id, max_in_flight=self.config.actors.max_in_flight)
+        writer = replay.writer(
+            self.actor_id,
+            max_in_flight=self.config.actors.max_in_flight,
+            compression=self.config.actors.compression,
+        )
         params = ParamsClient(self.addresses.params, security=sec) if self.addresses.params else None
-        subscription = params.subscribe() if params else None
+        if params is None and self.policy.required_params:
+            raise ValueError(
+                f"the policy needs the parameter sets {list(self.policy.required_params)} "
+                "but the actor has no parameter server address"
+            )
+        subscriptions = (
+            {name: params.subscribe(param_set=name) for name in self.policy.param_sets} if params else {}
+        )
         reporter = TelemetryReporter(
             self.addresses.telemetry,
             source=f"actor/{self.index}",
@@ -82,25 +91,27 @@ class Actor:
         window_start, window_steps = time.monotonic(), 0
         flushed = False
         try:
+            self._wait_for_required(subscriptions, stop)
             while not stop.is_set() and (max_steps is None or self.steps < max_steps):
-                if subscription is not None:
-                    self._maybe_swap(subscription, writer, stop, episode_ended=False)
-                actions = self._actions()
-                rows, finished = self.envs.step(actions)
-                self.steps += len(self.envs)
-                window_steps += len(self.envs)
-                self._buffer.add(rows)
+                self._maybe_swap(subscriptions, writer, stop, episode_ended=False)
+                warmup = self.steps < self.random_steps and self.learner_updates == 0
+                out = self.rollout.step(warmup=warmup, rng=self._rng)
+                self.steps += out.env_steps
+                window_steps += out.env_steps
+                self._buffer.add(out.transitions)
                 if self._buffer.full():
                     self._send(writer, stop)
-                if finished:  # so the episode is counted at the step it ended, not at the last report
+                if out.finished:  # so the episode is counted at the step it ended, not at the last report
                     reporter.report({}, env_steps=self.steps)
-                for ep in finished:
+                for ep in out.finished:
                     reporter.event("episode_return", ep.episode_return)
                     reporter.event("episode_length", ep.length)
                     if ep.success is not None:
                         reporter.event("episode_success", float(ep.success))
-                if finished and subscription is not None:
-                    self._maybe_swap(subscription, writer, stop, episode_ended=True)
+                    for name, total in ep.signals.items():
+                        reporter.event(f"episode_{name}", total)
+                if out.finished:
+                    self._maybe_swap(subscriptions, writer, stop, episode_ended=True)
                 now = time.monotonic()
                 if now - window_start >= self.config.telemetry.report_every_s:
                     reporter.report(
@@ -120,8 +131,9 @@ class Actor:
             flushed = True
             reporter.report({}, env_steps=self.steps)
         finally:
-            if subscription is not None:
+            for subscription in subscriptions.values():
                 subscription.close()
+            self.writer_stats = writer.stats()
             try:
                 # After the flush above, waiting again would only double the shutdown time.
                 writer.close(timeout=0 if flushed else 10.0)
@@ -131,7 +143,7 @@ class Actor:
             if params is not None:
                 params.close()
             reporter.close(timeout=2.0)
-            self.envs.close()
+            self.rollout.close()
 
     def _send(self, writer, stop: threading.Event | None) -> None:
         """Hand the buffered rows to the writer, waiting out replay backpressure unless stopping."""
@@ -144,22 +156,32 @@ class Actor:
                 if stop is not None and stop.is_set():
                     return
 
-    def _actions(self) -> np.ndarray:
-        if self.steps < self.random_steps and self.learner_updates == 0:
-            return self._rng.uniform(-1.0, 1.0, size=(len(self.envs), self.spec.action_dim)).astype(
-                np.float32
-            )
-        return self.policy.act(self.envs.obs, deterministic=False)
+    def _wait_for_required(self, subscriptions: dict, stop: threading.Event) -> None:
+        """Before the first step: load every parameter set the policy cannot act without."""
+        for name in self.policy.required_params:
+            while not stop.is_set():
+                try:
+                    latest = subscriptions[name].wait_for_version(1, timeout=0.5)
+                except TimeoutError:
+                    continue
+                self._load(name, latest)
+                break
 
-    def _maybe_swap(self, subscription, writer, stop: threading.Event, episode_ended: bool) -> None:
-        latest = subscription.latest()
-        if latest is None or latest.version <= self.policy_version:
-            return
+    def _maybe_swap(self, subscriptions: dict, writer, stop: threading.Event, episode_ended: bool) -> None:
         if self.config.actors.weight_sync == "episode" and not episode_ended:
             return
-        # Transitions already buffered were made by the old weights: send them under its tag.
-        if len(self._buffer):
-            self._send(writer, stop)
-        self.policy.load_policy_state(latest.tensors)
-        self.policy_version = latest.version
-        self.learner_updates = int(latest.metadata.get(UPDATES_KEY, latest.version))
+        for name, subscription in subscriptions.items():
+            latest = subscription.latest()
+            if latest is None or latest.version <= self.param_versions.get(name, 0):
+                continue
+            # Transitions already buffered were made by the old parameters: send them under their tag.
+            if len(self._buffer):
+                self._send(writer, stop)
+            self._load(name, latest)
+
+    def _load(self, name: str, latest) -> None:
+        self.policy.load_params(name, latest.tensors)
+        self.param_versions[name] = latest.version
+        if name == POLICY_PARAMS:
+            self.policy_version = latest.version
+            self.learner_updates = int(latest.metadata.get(UPDATES_KEY, latest.version))

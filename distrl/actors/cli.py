@@ -5,28 +5,17 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-ConfigOpt = Annotated[Path, typer.Option("--config", help="experiment config (YAML)", envvar="DISTRL_CONFIG")]
-ReplayOpt = Annotated[
-    str, typer.Option("--replay", help="comma-separated replay shard addresses", envvar="DISTRL_REPLAY")
-]
-ParamsOpt = Annotated[str, typer.Option("--params", help="parameter server address", envvar="DISTRL_PARAMS")]
-TelemetryOpt = Annotated[
-    str | None, typer.Option("--telemetry", help="coordinator address", envvar="DISTRL_TELEMETRY")
-]
+from distrl.wire.cli_options import ConfigOpt, ParamsOpt, ReplayOpt, TelemetryOpt, replay_addresses
 
 
 def _addresses(replay: str, params: str, telemetry: str | None):
     from distrl.actors.actor import ActorAddresses
 
-    shards = [a.strip() for a in replay.split(",") if a.strip()]
-    if not shards:
-        raise typer.BadParameter("give at least one replay shard address", param_hint="--replay")
-    return ActorAddresses(replay=shards, params=params, telemetry=telemetry or None)
+    return ActorAddresses(replay=replay_addresses(replay), params=params, telemetry=telemetry or None)
 
 
 def _index_from_env(index: int | None) -> int:

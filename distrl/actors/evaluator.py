@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from distrl.actors.actor import UPDATES_KEY, ActorAddresses
-from distrl.algos import Policy, SpaceSpec, make_policy
+from distrl.actors.actor import ActorAddresses
+from distrl.actors.rollout import Rollout
+from distrl.algos import POLICY_PARAMS, Policy, make_policy
 from distrl.config import ExperimentConfig
-from distrl.envs import EnvConfig, env_spec, make_env
-from distrl.params import ParamsClient
+from distrl.envs import EnvConfig, make_env
+from distrl.experiment import env_space
+from distrl.params import UPDATES_KEY, ParamsClient
 from distrl.telemetry import TelemetryReporter
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -48,30 +50,24 @@ def evaluate(
     seed: int,
     stop: threading.Event | None = None,
 ) -> EvalResult:
-    """Run `episodes` episodes with the deterministic policy."""
-    env = make_env(env_config, seed=seed)
+    """Run `episodes` episodes with the deterministic policy, through the actors' rollout core."""
+    rollout = Rollout([make_env(env_config, seed=seed)], policy, auto_reset=False)
     returns, lengths, successes = [], [], []
     try:
         for ep in range(episodes):
             if stop is not None and stop.is_set():
                 break
-            obs, _ = env.reset(seed=seed + ep)
-            total, length, success, has_success, done = 0.0, 0, False, False, False
-            while not done:
-                action = policy.act(obs[None].astype(np.float32), deterministic=True)[0]
-                obs, reward, terminated, truncated, info = env.step(action)
-                total += float(reward)
-                length += 1
-                if "success" in info:
-                    has_success = True
-                    success |= bool(info["success"])
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(length)
-            if has_success:
-                successes.append(success)
+            rollout.reset([seed + ep])
+            finished = []
+            while not finished:
+                finished = rollout.step(deterministic=True).finished
+            episode = finished[0]
+            returns.append(episode.episode_return)
+            lengths.append(episode.length)
+            if episode.success is not None:
+                successes.append(episode.success)
     finally:
-        env.close()
+        rollout.close()
     if not returns:
         raise RuntimeError("evaluation stopped before any episode finished")
     return EvalResult(
@@ -92,12 +88,7 @@ class Evaluator:
         self.config = config
         self.addresses = addresses
         torch.set_num_threads(1)
-        probe = make_env(config.env)
-        spec = env_spec(probe)
-        probe.close()
-        self.policy = make_policy(
-            config.algo.name, SpaceSpec(spec.obs_dim, spec.action_dim), config.algo.params()
-        )
+        self.policy = make_policy(config.algo.name, env_space(config.env), config.algo.params())
         self.evaluations = 0
 
     def run(self, stop: threading.Event) -> None:
@@ -107,7 +98,9 @@ class Evaluator:
         sec = self.config.network.security
         reporter = TelemetryReporter(self.addresses.telemetry, source="eval/0", security=sec, interval_s=1.0)
         params = ParamsClient(self.addresses.params, security=sec)
-        subscription = params.subscribe()
+        subscriptions = {name: params.subscribe(param_set=name) for name in self.policy.param_sets}
+        subscription = subscriptions[POLICY_PARAMS]
+        loaded: dict[str, int] = {}
         # A behaviour-cloned policy is worth a look before RL changes it: evaluate the first policy
         # seen, which is the pretrained one (update 0) unless the evaluator started after RL did.
         next_at = 0 if self.config.pretrain.bc_steps else every
@@ -118,7 +111,9 @@ class Evaluator:
                 if latest is None or updates < next_at:
                     stop.wait(0.5)
                     continue
-                self.policy.load_policy_state(latest.tensors)
+                if not self._load_sets(subscriptions, loaded):
+                    stop.wait(0.5)  # a set the policy needs has not arrived yet
+                    continue
                 result = evaluate(
                     self.policy,
                     self.config.env,
@@ -130,6 +125,16 @@ class Evaluator:
                 reporter.report({**result.metrics(), "updates": float(updates)}, updates=None)
                 next_at = (updates // every + 1) * every
         finally:
-            subscription.close()
+            for sub in subscriptions.values():
+                sub.close()
             params.close()
             reporter.close(timeout=2.0)
+
+    def _load_sets(self, subscriptions: dict, loaded: dict[str, int]) -> bool:
+        """Load each set's newest version; False while a set the policy requires is still missing."""
+        for name, sub in subscriptions.items():
+            latest = sub.latest()
+            if latest is not None and latest.version > loaded.get(name, 0):
+                self.policy.load_params(name, latest.tensors)
+                loaded[name] = latest.version
+        return all(name in loaded for name in (*self.policy.required_params, POLICY_PARAMS))

@@ -1,14 +1,30 @@
-"""Lock-step envs and a columnar transition buffer: the actor's I/O-free core."""
+"""The rollout core: envs stepped in lock-step by one policy, one decision at a time.
+
+The actor, the evaluator and `demos collect` all step envs through `Rollout`, so a chunked
+policy, its stored extras, its warm-up and an actor-side filter behave the same in training,
+evaluation and collection. A decision runs the policy once on every env's observation and
+executes its action (or its chunk of k actions, open loop) in each env; an env whose episode
+ends mid-chunk stops there. The result is one transition per env per decision: the start obs,
+the stored action and extras, the rewards (and signals) summed over the executed steps, the obs
+after them, terminated if any step terminated, truncated, and the executed step count.
+Episode returns, lengths, success and step counters count env steps.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium
 import numpy as np
 
-# Per-transition fields every actor sends; the replay table's spec comes from them.
-TRANSITION_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+from distrl.algos import STEPS_FIELD, Policy, PolicyStep, TransitionField
+from distrl.envs import env_spec
+
+
+class RolloutError(ValueError):
+    """A policy step or an env report that does not fit the declared fields; names the problem."""
 
 
 @dataclass
@@ -17,78 +33,233 @@ class EpisodeStats:
     episode_return: float
     length: int
     success: bool | None
+    signals: dict[str, float] = field(default_factory=dict)  # per-episode sums, e.g. {"cost": 3.0}
 
 
-class LockstepEnvs:
-    """Steps several envs with one batch of actions; resets each env when its episode ends.
+@dataclass
+class RolloutStep:
+    """What one decision produced."""
 
-    `next_obs` of a finished episode is the true final observation (not the next
-    episode's first), and `terminated`/`truncated` are kept apart, so time limits
-    never cut the bootstrap.
+    transitions: dict[str, np.ndarray]  # one row per env, columns by field name
+    env_steps: int  # env steps executed, over all envs
+    finished: list[EpisodeStats]
+    # Per env step (only with `record_steps`): (env index, the step's obs, executed action,
+    # reward, next obs, terminated, truncated, success, signals) for demo stores.
+    step_rows: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+class Rollout:
+    """Steps `envs` with `policy`; see the module docstring.
+
+    With `auto_reset` (actors) a finished env is reset at once and the policy told through
+    `reset(mask)`; without it (evaluation, collection) the caller calls `reset` between episodes.
+    `fields` (the algorithm's transition fields) shape and fill the transitions; each produced
+    column is cast to its field's dtype and a misshapen one raises RolloutError naming it.
     """
 
-    def __init__(self, envs: list[gymnasium.Env], seed: int) -> None:
+    def __init__(
+        self,
+        envs: Sequence[gymnasium.Env],
+        policy: Policy,
+        fields: Sequence[TransitionField] | None = None,
+        seed: int | None = None,
+        auto_reset: bool = True,
+        record_steps: bool = False,
+    ) -> None:
         if not envs:
-            raise ValueError("LockstepEnvs needs at least one env")
-        self.envs = envs
-        self.obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
-        n = len(envs)
+            raise ValueError("Rollout needs at least one env")
+        self.envs = list(envs)
+        self.policy = policy
+        self.fields = {f.name: f for f in fields} if fields is not None else None
+        self.auto_reset = auto_reset
+        self.record_steps = record_steps
+        spec = env_spec(self.envs[0])
+        self.action_dim = spec.action_dim
+        self.signals = spec.signals
+        n = len(self.envs)
         self._return = np.zeros(n)
         self._length = np.zeros(n, dtype=np.int64)
         self._success = np.zeros(n, dtype=bool)
         self._has_success = [False] * n
+        self._signal_sums = np.zeros((n, len(self.signals)))
+        self._done = np.zeros(n, dtype=bool)
+        self.obs = np.zeros((n, spec.obs_dim), dtype=np.float32)
+        self.reset([None if seed is None else seed + i for i in range(n)])
 
     def __len__(self) -> int:
         return len(self.envs)
 
-    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], list[EpisodeStats]]:
-        n = len(self.envs)
-        next_obs = np.empty_like(self.obs)
-        reward = np.empty(n, dtype=np.float32)
-        terminated = np.empty(n, dtype=bool)
-        truncated = np.empty(n, dtype=bool)
-        finished: list[EpisodeStats] = []
-        obs_after = self.obs.copy()
+    def reset(self, seeds: Sequence[int | None] | None = None) -> np.ndarray:
+        """Start a fresh episode in every env (seeded when given); returns the observations."""
+        seeds = seeds if seeds is not None else [None] * len(self.envs)
         for i, env in enumerate(self.envs):
-            o, r, term, trunc, info = env.step(actions[i])
-            next_obs[i] = o
-            reward[i] = r
-            terminated[i] = term
-            truncated[i] = trunc
-            self._return[i] += r
-            self._length[i] += 1
-            if "success" in info:
-                self._has_success[i] = True
-                self._success[i] |= bool(info["success"])
-            if term or trunc:
-                finished.append(
-                    EpisodeStats(
-                        i,
-                        float(self._return[i]),
-                        int(self._length[i]),
-                        bool(self._success[i]) if self._has_success[i] else None,
+            self.obs[i] = env.reset(seed=seeds[i])[0]
+            self._clear(i)
+        self._done[:] = False
+        self.policy.reset(np.ones(len(self.envs), dtype=bool))
+        return self.obs
+
+    def step(
+        self, deterministic: bool = False, warmup: bool = False, rng: np.random.Generator | None = None
+    ) -> RolloutStep:
+        """One decision in every env: the policy's (or its warm-up) action or chunk, executed."""
+        if self._done.any():
+            raise RolloutError("an episode ended: call reset() before the next step (auto_reset is off)")
+        n = len(self.envs)
+        obs = self.obs.copy()
+        if warmup:
+            decision = self.policy.warmup(obs, rng if rng is not None else np.random.default_rng())
+        else:
+            decision = self.policy.act(obs, deterministic=deterministic)
+        actions = self._chunk(decision, n)
+        chunk = actions.shape[1]
+        reward = np.zeros(n, dtype=np.float64)
+        signals = np.zeros((n, len(self.signals)))
+        steps = np.zeros(n, dtype=np.int32)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        next_obs = obs.copy()
+        running = np.ones(n, dtype=bool)
+        finished: list[EpisodeStats] = []
+        step_rows: list[tuple[int, dict[str, Any]]] = []
+        for j in range(chunk):
+            for i in np.flatnonzero(running):
+                env = self.envs[i]
+                o, r, term, trunc, info = env.step(actions[i, j])
+                values = self._signal_values(info)
+                if self.record_steps:
+                    step_rows.append(
+                        (int(i), self._row(next_obs[i], actions[i, j], r, o, term, trunc, info, values))
                     )
-                )
-                self._return[i] = 0.0
-                self._length[i] = 0
-                self._success[i] = False
-                obs_after[i] = env.reset()[0]
+                next_obs[i] = o
+                reward[i] += float(r)
+                signals[i] += values
+                steps[i] += 1
+                self._return[i] += float(r)
+                self._length[i] += 1
+                self._signal_sums[i] += values
+                if "success" in info:
+                    self._has_success[i] = True
+                    self._success[i] |= bool(info["success"])
+                if term or trunc:
+                    terminated[i], truncated[i] = bool(term), bool(trunc)
+                    running[i] = False
+                    finished.append(self._episode(int(i)))
+        ended = terminated | truncated
+        self.obs = next_obs.copy()
+        if ended.any():
+            if self.auto_reset:
+                for i in np.flatnonzero(ended):
+                    self.obs[i] = self.envs[i].reset()[0]
+                    self._clear(int(i))
+                self.policy.reset(ended)
             else:
-                obs_after[i] = o
-        transitions = {
-            "obs": self.obs,
-            "action": np.asarray(actions, dtype=np.float32),
+                self._done |= ended
+        columns: dict[str, np.ndarray] = {
+            "obs": obs,
+            "action": np.asarray(decision.stored_action()),
             "reward": reward,
             "next_obs": next_obs,
             "terminated": terminated,
             "truncated": truncated,
+            **{name: signals[:, k] for k, name in enumerate(self.signals)},
         }
-        self.obs = obs_after
-        return transitions, finished
+        if chunk > 1 or (self.fields is not None and STEPS_FIELD in self.fields):
+            columns[STEPS_FIELD] = steps
+        for name, value in decision.extras.items():
+            if name != "action":
+                columns[name] = np.asarray(value)
+        return RolloutStep(self._shape(columns, n), int(steps.sum()), finished, step_rows)
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _chunk(self, decision: PolicyStep, n: int) -> np.ndarray:
+        if not isinstance(decision, PolicyStep):
+            raise RolloutError(f"the policy returned {type(decision).__name__}, not a PolicyStep")
+        actions = np.asarray(decision.env_actions, dtype=np.float32)
+        if actions.ndim == 2:
+            actions = actions[:, None, :]
+        if (
+            actions.ndim != 3
+            or actions.shape[0] != n
+            or actions.shape[2] != self.action_dim
+            or not actions.shape[1]
+        ):
+            raise RolloutError(
+                f"the policy's env_actions have shape {np.shape(decision.env_actions)}, expected "
+                f"[{n}, {self.action_dim}] or [{n}, k, {self.action_dim}]"
+            )
+        return actions
+
+    def _signal_values(self, info: dict[str, Any]) -> np.ndarray:
+        values = np.zeros(len(self.signals))
+        for k, name in enumerate(self.signals):
+            if name not in info:
+                raise RolloutError(f"the env declares the signal {name!r} but its step info has none")
+            values[k] = float(info[name])
+        return values
+
+    def _row(self, obs, action, reward, next_obs, term, trunc, info, values) -> dict[str, Any]:
+        row = {
+            "obs": np.array(obs, dtype=np.float32),
+            "action": np.array(action, dtype=np.float32),
+            "reward": float(reward),
+            "next_obs": np.asarray(next_obs, dtype=np.float32),
+            "terminated": bool(term),
+            "truncated": bool(trunc) and not term,
+        }
+        if "success" in info:
+            row["success"] = bool(info["success"])
+        row.update({name: float(values[k]) for k, name in enumerate(self.signals)})
+        return row
+
+    def _episode(self, i: int) -> EpisodeStats:
+        return EpisodeStats(
+            i,
+            float(self._return[i]),
+            int(self._length[i]),
+            bool(self._success[i]) if self._has_success[i] else None,
+            {name: float(self._signal_sums[i, k]) for k, name in enumerate(self.signals)},
+        )
+
+    def _clear(self, i: int) -> None:
+        self._return[i] = 0.0
+        self._length[i] = 0
+        self._success[i] = False
+        self._has_success[i] = False
+        self._signal_sums[i] = 0.0
+
+    def _shape(self, columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """Cast produced columns to their declared fields, fill the rest, refuse misfits by name."""
+        if self.fields is None:
+            return columns
+        out = {}
+        for name, spec in self.fields.items():
+            if name not in columns:
+                if spec.fill is None:
+                    raise RolloutError(
+                        f"transition field {name!r} is declared but nothing produced it (not an env signal, "
+                        f"not a policy extra) and it has no fill value"
+                    )
+                out[name] = spec.empty(n)
+                continue
+            value = np.asarray(columns[name])
+            if value.shape != (n, *spec.shape):
+                raise RolloutError(
+                    f"transition field {name!r}: produced shape {value.shape}, "
+                    f"declared [{n}, *{list(spec.shape)}]"
+                )
+            out[name] = value.astype(spec.np_dtype, copy=False)
+        extra = sorted(set(columns) - set(self.fields))
+        if extra:
+            raise RolloutError(
+                f"the policy or env produced {extra}, which the algorithm's fields do not declare"
+            )
+        return out
 
 
 class TransitionBuffer:

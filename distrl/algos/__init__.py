@@ -1,16 +1,18 @@
 """Algorithms: pure PyTorch, no I/O. System code reaches them only through this registry.
 
     spec = SpaceSpec(obs_dim=17, action_dim=6)
+    fields = transition_fields("sac", spec, {})                            # what its transitions hold
     algo = make_algorithm("sac", spec, {"utd_ratio": 2}, device="auto")   # a learner's view
     policy = make_policy("sac", spec, {})                                  # an actor's view (CPU)
-    policy.load_policy_state(algo.policy_state())
+    policy.load_params("policy", algo.params("policy"))
 
-Each algorithm registers a config model, a learner builder and a policy builder under its name.
+Each algorithm registers a config model, its transition fields, a learner builder and a policy
+builder under its name (`register_algorithm`); the contract is in `distrl.algos.base`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +21,21 @@ from pydantic import BaseModel, ValidationError
 
 from distrl.algos import sac
 from distrl.algos.base import (
-    BATCH_KEYS,
-    OPTIONAL_BATCH_KEYS,
+    DEMO_FLAG,
+    POLICY_PARAMS,
+    STEPS_FIELD,
     Algorithm,
+    BasePolicy,
     BatchError,
+    ParamSetSpec,
     Policy,
+    PolicyStep,
     SpaceSpec,
+    TransitionField,
+    base_fields,
     check_batch,
+    check_fields,
+    demo_flag_field,
     resolve_device,
 )
 
@@ -36,20 +46,28 @@ class AlgorithmConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AlgorithmEntry:
-    """What an algorithm registers: its config model and how to build its learner and its policy."""
+    """What an algorithm registers: its config model, its transition fields, and how to build its
+    learner and its policy. `transition_fields` defaults to `base_fields` (one env action per step)."""
 
     config_type: type[BaseModel]
     make_learner: Callable[[SpaceSpec, Any, torch.device], Algorithm]
     make_policy: Callable[[SpaceSpec, Any], Policy]
+    transition_fields: Callable[[SpaceSpec, Any], Sequence[TransitionField]] | None = None
 
 
 _REGISTRY: dict[str, AlgorithmEntry] = {}
 
 
 def register_algorithm(name: str, entry: AlgorithmEntry) -> None:
+    """Make `name` usable as `algo.name`; registering a taken name raises (see `unregister_algorithm`)."""
     if name in _REGISTRY:
         raise ValueError(f"algorithm {name!r} is already registered")
     _REGISTRY[name] = entry
+
+
+def unregister_algorithm(name: str) -> None:
+    """Forget a registered algorithm (tests and plugins that register their own)."""
+    _REGISTRY.pop(name, None)
 
 
 def available_algorithms() -> list[str]:
@@ -98,9 +116,20 @@ def make_algorithm(
 
 
 def make_policy(name: str, spec: SpaceSpec, config: Mapping[str, Any] | BaseModel | None = None) -> Policy:
-    """The actor side of algorithm `name`: a CPU inference policy, weights from `load_policy_state`."""
+    """The actor side of algorithm `name`: a CPU inference policy, parameters from `load_params`."""
     entry = _entry(name)
     return entry.make_policy(spec, algorithm_config(name, config))
+
+
+def transition_fields(
+    name: str, spec: SpaceSpec, config: Mapping[str, Any] | BaseModel | None = None
+) -> tuple[TransitionField, ...]:
+    """The fields of algorithm `name`'s transitions for an env of `spec`: what actors send,
+    replay stores, demo tables load and the learner moves to its device."""
+    entry = _entry(name)
+    if entry.transition_fields is None:
+        return base_fields(spec)
+    return check_fields(entry.transition_fields(spec, algorithm_config(name, config)))
 
 
 register_algorithm(
@@ -109,19 +138,29 @@ register_algorithm(
 )
 
 __all__ = [
-    "BATCH_KEYS",
-    "OPTIONAL_BATCH_KEYS",
+    "DEMO_FLAG",
+    "POLICY_PARAMS",
+    "STEPS_FIELD",
     "Algorithm",
     "AlgorithmConfigError",
     "AlgorithmEntry",
+    "BasePolicy",
     "BatchError",
+    "ParamSetSpec",
     "Policy",
+    "PolicyStep",
     "SpaceSpec",
+    "TransitionField",
     "algorithm_config",
     "available_algorithms",
+    "base_fields",
     "check_batch",
+    "check_fields",
+    "demo_flag_field",
     "make_algorithm",
     "make_policy",
     "register_algorithm",
     "resolve_device",
+    "transition_fields",
+    "unregister_algorithm",
 ]

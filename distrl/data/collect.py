@@ -31,12 +31,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium
 import numpy as np
 import zarr
 
+from distrl.algos.base import Policy, PolicyStep, SpaceSpec
 from distrl.data.format import DatasetError, DatasetInfo, DatasetSource, DemoWriter, remove_store
 from distrl.envs.config import EnvConfig
 
@@ -69,10 +70,10 @@ class TrainedPolicy:
     updates: int
     algo: str
     algo_params: dict[str, Any]
-    obs_dim: int
-    action_dim: int
-    # `Algorithm.policy_state()`: plain float32 arrays, cheap to send to spawned workers.
-    weights: dict[str, np.ndarray]
+    space: SpaceSpec
+    # Every parameter set the learner publishes (`Algorithm.params`): plain float32 arrays,
+    # cheap to send to spawned workers.
+    params: dict[str, dict[str, np.ndarray]]
     env: EnvConfig
 
 
@@ -116,7 +117,7 @@ class CollectResult:
 
 def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None) -> TrainedPolicy:
     """Read a run's config and a learner checkpoint (default: the newest) into a TrainedPolicy."""
-    from distrl.algos import AlgorithmConfigError, SpaceSpec, make_algorithm
+    from distrl.algos import AlgorithmConfigError, make_algorithm
     from distrl.config import ConfigError, load_config
     from distrl.learners import checkpoint as ckpt
 
@@ -140,10 +141,13 @@ def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = Non
             raise CollectError(f"--checkpoint {path}: no such file")
     try:
         state = ckpt.load_checkpoint(path)
-        obs_dim, action_dim = (int(v) for v in state["space"])
+        space = ckpt.checkpoint_space(state)
         algo_name = str(state.get("algo_name", config.algo.name))
-        algo = make_algorithm(algo_name, SpaceSpec(obs_dim, action_dim), config.algo.params(), "cpu")
+        algo = make_algorithm(algo_name, space, config.algo.params(), "cpu")
         algo.load_state_dict(state["algo"])
+        params = {
+            p.name: {k: np.asarray(v) for k, v in algo.params(p.name).items()} for p in algo.param_sets()
+        }
     except (RuntimeError, KeyError, ValueError, AlgorithmConfigError) as exc:
         raise CollectError(f"{path}: not a usable learner checkpoint for {config_path}: {exc}") from None
     return TrainedPolicy(
@@ -152,9 +156,8 @@ def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = Non
         updates=int(state.get("updates", 0)),
         algo=algo_name,
         algo_params=config.algo.params(),
-        obs_dim=obs_dim,
-        action_dim=action_dim,
-        weights={k: np.asarray(v) for k, v in algo.policy_state().items()},
+        space=space,
+        params=params,
         env=config.env,
     )
 
@@ -247,28 +250,72 @@ def _check_env_exists(env: EnvConfig) -> None:
 # --- one process's rollouts ------------------------------------------------------------------
 
 
-class _EpisodePolicy(Protocol):
-    def reset(self) -> None: ...
+class _ScriptedDecisions:
+    """A scripted controller as a rollout policy: one env, poses read from the simulator."""
 
-    def act(self, obs: np.ndarray) -> np.ndarray: ...
+    param_sets: tuple[str, ...] = ()
+    required_params: tuple[str, ...] = ()
+
+    def __init__(self, scripted: Any) -> None:
+        self._scripted = scripted
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> PolicyStep:
+        return PolicyStep(np.asarray(self._scripted.act(obs[0]), dtype=np.float32)[None])
+
+    def warmup(self, obs: np.ndarray, rng: np.random.Generator) -> PolicyStep:
+        return self.act(obs)
+
+    def reset(self, mask: np.ndarray) -> None:
+        if mask[0]:
+            self._scripted.reset()  # after the env's reset: it reads the new object pose
+
+    def load_params(self, param_set: str, tensors: Any) -> None:
+        raise ValueError("a scripted controller loads no parameters")
 
 
-class _DeterministicPolicy:
-    """A trained policy's mean action (the noise, if any, is added by the rollout)."""
+class _NoisyDecisions:
+    """Gaussian noise on another policy's (deterministic) env actions, clipped to [-1, 1]."""
 
-    def __init__(self, trained: TrainedPolicy) -> None:
-        from distrl.algos import SpaceSpec, make_policy
+    def __init__(self, policy: Policy, noise: float) -> None:
+        self._policy = policy
+        self.noise = noise
+        self.rng = np.random.default_rng()
+        self.param_sets = policy.param_sets
+        self.required_params = policy.required_params
 
-        self._policy = make_policy(
-            trained.algo, SpaceSpec(trained.obs_dim, trained.action_dim), trained.algo_params
-        )
-        self._policy.load_policy_state(trained.weights)
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> PolicyStep:
+        step = self._policy.act(obs, deterministic=deterministic)
+        if self.noise <= 0:
+            return step
+        actions = np.asarray(step.env_actions, dtype=np.float32)
+        noisy = np.clip(actions + self.rng.normal(0.0, self.noise, actions.shape), -1.0, 1.0)
+        return PolicyStep(noisy.astype(np.float32), step.extras)
 
-    def reset(self) -> None:
-        pass
+    def warmup(self, obs: np.ndarray, rng: np.random.Generator) -> PolicyStep:
+        return self._policy.warmup(obs, rng)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self._policy.act(obs[None].astype(np.float32, copy=False), deterministic=True)[0]
+    def reset(self, mask: np.ndarray) -> None:
+        self._policy.reset(mask)
+
+    def load_params(self, param_set: str, tensors: Any) -> None:
+        self._policy.load_params(param_set, tensors)
+
+
+class _TruncateOnSuccess(gymnasium.Wrapper):
+    """Ends an episode at its first success as a time limit would (`stop_on_success`)."""
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, bool(truncated) or bool(info.get("success", False)), info
+
+
+def _trained_policy(trained: TrainedPolicy) -> Policy:
+    from distrl.algos import make_policy
+
+    policy = make_policy(trained.algo, trained.space, trained.algo_params)
+    for name, tensors in trained.params.items():
+        policy.load_params(name, tensors)
+    return policy
 
 
 @dataclass
@@ -282,73 +329,63 @@ class Attempt:
 
 
 class _Rollouts:
-    """An env and a policy in one process, running attempts by index."""
+    """An env and a policy in one process, running attempts by index through the rollout core."""
 
     def __init__(self, plan: CollectPlan, env: gymnasium.Env | None = None) -> None:
+        from distrl.actors.rollout import Rollout
         from distrl.envs import env_spec, make_env
 
         self.plan = plan
-        self.env = env if env is not None else make_env(plan.env, seed=plan.seed)
-        self.spec = env_spec(self.env)
+        env = env if env is not None else make_env(plan.env, seed=plan.seed)
+        self.env = env
+        self.spec = env_spec(env)
         if plan.trained is None:
             from distrl.data.scripted import make_scripted_policy
 
-            self.policy: _EpisodePolicy = make_scripted_policy(plan.env, self.env)
+            base: Policy = _ScriptedDecisions(make_scripted_policy(plan.env, env))
         else:
-            self.policy = _DeterministicPolicy(plan.trained)
+            base = _trained_policy(plan.trained)
+        self.policy = _NoisyDecisions(base, plan.noise)
+        if plan.stop_on_success:
+            env = _TruncateOnSuccess(env)
+        self.rollout = Rollout([env], self.policy, auto_reset=False, record_steps=True)
 
     def run(self, index: int, should_stop: Callable[[], bool] = lambda: False) -> Attempt | None:
         """Attempt `index`; None if `should_stop` turned true before it ended."""
-        plan, env = self.plan, self.env
+        plan = self.plan
         seed = plan.seed + index
-        rng = np.random.default_rng([plan.seed, index])
-        obs, info = env.reset(seed=seed)
-        self.policy.reset()
-        rows: dict[str, list[Any]] = {k: [] for k in ("obs", "action", "reward", "next_obs")}
-        terminated_at = truncated_at = False
-        flags: list[bool] = []
-        costs: list[float] = []
+        self.policy.rng = np.random.default_rng([plan.seed, index])
+        self.rollout.reset([seed])
+        rows: list[dict[str, Any]] = []
         while True:
             if should_stop():
                 return None
-            action = np.asarray(self.policy.act(obs), dtype=np.float32)
-            if plan.noise > 0:
-                action = np.clip(action + rng.normal(0.0, plan.noise, action.shape), -1.0, 1.0)
-                action = action.astype(np.float32)
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            success = bool(info.get("success", False))
-            truncated = bool(truncated) or (plan.stop_on_success and success)
-            rows["obs"].append(obs)
-            rows["action"].append(action)
-            rows["reward"].append(float(reward))
-            rows["next_obs"].append(next_obs)
-            flags.append(success)
-            if "cost" in info:
-                costs.append(float(info["cost"]))
-            obs = next_obs
-            if terminated or truncated:
-                terminated_at, truncated_at = bool(terminated), not terminated
+            out = self.rollout.step(deterministic=True)
+            rows += [row for _, row in out.step_rows]
+            if out.finished:
                 break
-        n = len(flags)
+        n = len(rows)
         episode = {
-            "obs": np.asarray(rows["obs"], dtype=np.float32),
-            "action": np.asarray(rows["action"], dtype=np.float32),
-            "reward": np.asarray(rows["reward"], dtype=np.float32),
-            "next_obs": np.asarray(rows["next_obs"], dtype=np.float32),
+            "obs": np.asarray([r["obs"] for r in rows], dtype=np.float32),
+            "action": np.asarray([r["action"] for r in rows], dtype=np.float32),
+            "reward": np.asarray([r["reward"] for r in rows], dtype=np.float32),
+            "next_obs": np.asarray([r["next_obs"] for r in rows], dtype=np.float32),
             "terminated": np.zeros(n, dtype=bool),
             "truncated": np.zeros(n, dtype=bool),
         }
-        episode["terminated"][-1] = terminated_at
-        episode["truncated"][-1] = truncated_at
-        if len(costs) == n:
-            episode["cost"] = np.asarray(costs, dtype=np.float32)
+        terminated = bool(rows[-1]["terminated"])
+        episode["terminated"][-1] = terminated
+        episode["truncated"][-1] = not terminated
+        for name in self.spec.signals:
+            episode[name] = np.asarray([r[name] for r in rows], dtype=np.float32)
+        flags = [bool(r.get("success", False)) for r in rows]
         has_success = self.spec.has_success
         if has_success:
             episode["success"] = np.asarray(flags, dtype=bool)
         return Attempt(index, seed, any(flags) if has_success else None, episode)
 
     def close(self) -> None:
-        self.env.close()
+        self.rollout.close()
 
 
 # --- many processes ----------------------------------------------------------------------------
@@ -593,10 +630,14 @@ def _dataset_info(plan: CollectPlan, rollouts: _Rollouts, workers: int) -> Datas
     if spec.max_episode_steps is None:
         raise CollectError(f"{plan.env.id} has no time limit; give --max-steps")
     trained = plan.trained
-    if trained is not None and (trained.obs_dim, trained.action_dim) != (spec.obs_dim, spec.action_dim):
+    if trained is not None and (trained.space.obs_dim, trained.space.action_dim) != (
+        spec.obs_dim,
+        spec.action_dim,
+    ):
         raise CollectError(
-            f"the checkpoint's policy takes {trained.obs_dim} observation values and gives "
-            f"{trained.action_dim} action values, but {plan.env.id} has {spec.obs_dim} and {spec.action_dim}"
+            f"the checkpoint's policy takes {trained.space.obs_dim} observation values and gives "
+            f"{trained.space.action_dim} action values, but {plan.env.id} has {spec.obs_dim} and "
+            f"{spec.action_dim}"
         )
     obs_keys, obs_dims = _obs_layout(rollouts.env, spec.obs_keys, spec.obs_dim)
     options: dict[str, Any] = {

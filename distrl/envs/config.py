@@ -64,7 +64,21 @@ class EnvConfig(BaseModel):
         False,
         description="end an episode as terminal at its first successful step (tasks with a success signal)",
     )
+    wrappers: list[str] = Field(
+        default_factory=list,
+        description="extra wrappers applied in order, each 'package.module:callable' taking and returning "
+        "a gymnasium env (e.g. one that reports a per-step cost in info and names it in distrl_signals)",
+    )
     robosuite: RobosuiteOptions = Field(default_factory=RobosuiteOptions)
+
+    @field_validator("wrappers")
+    @classmethod
+    def _wrapper_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            module, sep, attr = path.partition(":")
+            if not sep or not module or not attr:
+                raise ValueError(f"wrapper {path!r}: expected 'package.module:callable'")
+        return value
 
     @field_validator("id")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import gymnasium
 
 from distrl.envs.config import FAMILY_PREFIXES, EnvConfig
-from distrl.envs.spec import SPEC_ATTR, EnvSpec, FamilyEnv
+from distrl.envs.spec import SPEC_ATTR, EnvSpec, FamilyEnv, declared_signals
 from distrl.envs.wrappers import ActionRepeat, EndOnSuccess
 
 EXAMPLE_IDS: dict[str, list[str]] = {
@@ -112,6 +113,8 @@ def make_env(config: EnvConfig | str | Mapping[str, Any], seed: int | None = Non
             env.close()
             raise ValueError(f"env.terminate_on_success: {config.id} reports no success signal")
         env = EndOnSuccess(env)
+    for path in config.wrappers:
+        env = _apply_wrapper(env, path)
     spec = EnvSpec(
         id=config.id,
         obs_dim=int(env.observation_space.shape[0]),
@@ -119,6 +122,22 @@ def make_env(config: EnvConfig | str | Mapping[str, Any], seed: int | None = Non
         obs_keys=built.obs_keys,
         max_episode_steps=None if built.step_limit is None else math.ceil(built.step_limit / repeat),
         has_success=built.has_success,
+        signals=declared_signals(env),
     )
     setattr(env, SPEC_ATTR, spec)
     return env
+
+
+def _apply_wrapper(env: gymnasium.Env, path: str) -> gymnasium.Env:
+    """`env` wrapped by the callable at 'package.module:callable'; errors name the wrapper."""
+    module_name, _, attr = path.partition(":")
+    try:
+        wrapper = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        env.close()
+        raise ValueError(f"env.wrappers: cannot load {path!r}: {exc}") from None
+    wrapped = wrapper(env)
+    if not isinstance(wrapped, gymnasium.Env):
+        env.close()
+        raise ValueError(f"env.wrappers: {path!r} returned {type(wrapped).__name__}, not a gymnasium env")
+    return wrapped

@@ -17,7 +17,8 @@ class EnvSpec:
 
     `obs_keys` names the pieces concatenated into the flat observation, in order (None when
     the underlying observation was already a single array). `max_episode_steps` counts steps of
-    the returned env, after action repeat.
+    the returned env, after action repeat. `signals` names the per-step scalars the env reports in
+    `info` besides the reward (e.g. "cost"); they are stored with every transition.
     """
 
     id: str
@@ -26,6 +27,12 @@ class EnvSpec:
     obs_keys: list[str] | None
     max_episode_steps: int | None
     has_success: bool
+    signals: tuple[str, ...] = ()
+
+
+# A wrapper that reports per-step scalars in `info` names them in this attribute (a tuple of
+# names); `make_env` adds them to the spec's `signals`.
+SIGNALS_ATTR = "distrl_signals"
 
 
 def env_spec(env: gymnasium.Env) -> EnvSpec:
@@ -49,7 +56,23 @@ def env_spec(env: gymnasium.Env) -> EnvSpec:
         obs_keys=None,
         max_episode_steps=gym_spec.max_episode_steps if gym_spec is not None else None,
         has_success=False,
+        signals=declared_signals(env),
     )
+
+
+def declared_signals(env: gymnasium.Env) -> tuple[str, ...]:
+    """The signal names the wrappers of `env` declare (outermost last), without duplicates."""
+    names: list[str] = []
+    layer: gymnasium.Env | None = env
+    chain = []
+    while layer is not None:
+        chain.append(layer)
+        layer = getattr(layer, "env", None) if isinstance(layer, gymnasium.Wrapper) else None
+    for layer in reversed(chain):
+        for name in getattr(layer, SIGNALS_ATTR, ()) or ():
+            if name not in names:
+                names.append(name)
+    return tuple(names)
 
 
 @dataclass

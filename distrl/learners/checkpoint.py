@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distrl.algos import SpaceSpec
+
 _NAME = re.compile(r"^learner-(\d+)\.pt$")
 
 
@@ -74,3 +76,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def latest_checkpoint(directory: Path) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def checkpoint_space(state: dict[str, Any]) -> SpaceSpec:
+    """The env space a learner checkpoint was trained on (older checkpoints: sizes only)."""
+    obs_dim, action_dim = (int(v) for v in state["space"])
+    signals = tuple(str(name) for name in state.get("signals", ()))
+    limit = state.get("max_episode_steps")
+    return SpaceSpec(obs_dim, action_dim, signals, None if limit is None else int(limit))

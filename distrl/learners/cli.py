@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from distrl.actors.cli import ConfigOpt, ParamsOpt, ReplayOpt, TelemetryOpt
+from distrl.wire.cli_options import ConfigOpt, ParamsOpt, ReplayOpt, TelemetryOpt, replay_addresses
 
 
 def serve_learner(
@@ -28,8 +28,7 @@ def serve_learner(
     stop = threading.Event()
     stop_on_signals(stop)
     watch_parent(stop)
-    shards = [a.strip() for a in replay.split(",") if a.strip()]
-    learner = Learner(cfg, run_dir, shards, params, telemetry or None)
+    learner = Learner(cfg, run_dir, replay_addresses(replay), params, telemetry or None)
     where = f"resumed from {learner.resumed_from}" if learner.resumed_from else "fresh"
     typer.echo(f"learner: {cfg.algo.name} on {learner.algo.device}, {where}, {learner.updates} updates")
     learner.run(stop, max_updates=max_updates)

@@ -2,42 +2,65 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from distrl.algos import SpaceSpec
-from distrl.data import open_dataset
-
-FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+from distrl.algos import DEMO_FLAG, TransitionField
+from distrl.data import DatasetError, open_dataset
 
 
 class DemoTable:
-    """Every demonstrated transition as device tensors, sampled uniformly with replacement."""
+    """Every demonstrated transition as device tensors, sampled uniformly with replacement.
 
-    def __init__(self, path: Path, space: SpaceSpec, device: torch.device, seed: int = 0) -> None:
+    The columns are the algorithm's declared `fields`, read from the store by name: a field the
+    store lacks is filled with its declared fill value, or refused with an error naming it.
+    `is_demo` is set on every item.
+    """
+
+    def __init__(
+        self, path: Path, fields: Sequence[TransitionField], device: torch.device, seed: int = 0
+    ) -> None:
         dataset = open_dataset(path)
         data = dataset.as_transitions()
-        obs_dim, action_dim = data["obs"].shape[1], data["action"].shape[1]
-        if (obs_dim, action_dim) != (space.obs_dim, space.action_dim):
-            raise ValueError(
-                f"demos {path}: obs/action dims ({obs_dim}, {action_dim}) do not match the env's "
-                f"({space.obs_dim}, {space.action_dim}); was it recorded on another env or obs key order?"
-            )
-        if len(data["obs"]) == 0:
+        size = len(data["obs"])
+        if size == 0:
             raise ValueError(f"demos {path}: the store holds no transitions")
+        columns: dict[str, np.ndarray] = {}
+        for field in fields:
+            if field.name == DEMO_FLAG:
+                columns[field.name] = np.ones((size, *field.shape), dtype=field.np_dtype)
+                continue
+            if field.name not in data:
+                if field.fill is None:
+                    raise DatasetError(
+                        f"demos {path}: the store has no {field.name!r} field, which the algorithm's "
+                        f"transitions need ({field.describe()}); the store holds {sorted(data)}"
+                    )
+                columns[field.name] = field.empty(size)
+                continue
+            value = np.asarray(data[field.name])
+            if value.shape[1:] != field.shape:
+                hint = (
+                    "; was it recorded on another env or obs key order?"
+                    if field.name in ("obs", "action", "next_obs")
+                    else ""
+                )
+                raise ValueError(
+                    f"demos {path}: {field.name!r} has per-step shape {value.shape[1:]}, the algorithm's "
+                    f"transitions need {field.shape}{hint}"
+                )
+            columns[field.name] = value.astype(field.np_dtype, copy=False)
         self.path = Path(path)
-        self.size = len(data["obs"])
+        self.size = size
         self.episodes = dataset.episodes
         self.device = device
+        self.fields = tuple(fields)
         self._tensors = {
-            name: torch.as_tensor(np.ascontiguousarray(data[name]), device=device) for name in FIELDS
+            name: torch.as_tensor(np.ascontiguousarray(col), device=device) for name, col in columns.items()
         }
-        for name in ("obs", "action", "reward", "next_obs"):
-            self._tensors[name] = self._tensors[name].float()
-        for name in ("terminated", "truncated"):
-            self._tensors[name] = self._tensors[name].bool()
         self._generator = torch.Generator(device=device).manual_seed(seed)
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
@@ -45,7 +68,7 @@ class DemoTable:
         return {name: t.index_select(0, idx) for name, t in self._tensors.items()}
 
     def transitions(self) -> dict[str, np.ndarray]:
-        """All transitions as numpy columns (to insert into replay)."""
+        """All transitions as numpy columns of the declared fields (to insert into replay)."""
         return {name: t.cpu().numpy() for name, t in self._tensors.items()}
 
 

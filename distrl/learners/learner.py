@@ -19,19 +19,17 @@ import grpc
 import numpy as np
 import torch
 
-from distrl.actors.actor import UPDATES_KEY
-from distrl.algos import SpaceSpec, make_algorithm
+from distrl.algos import POLICY_PARAMS, ParamSetSpec, make_algorithm
 from distrl.config import ExperimentConfig
-from distrl.envs import env_spec, make_env
+from distrl.experiment import env_space, experiment_fields
 from distrl.learners import checkpoint as ckpt
 from distrl.learners.demos import DemoTable, split_batch
-from distrl.params import ParamsClient
+from distrl.params import UPDATES_KEY, ParamsClient
 from distrl.replay.client import ReplayClient
 from distrl.telemetry import TelemetryReporter
 
 log = logging.getLogger(__name__)
 
-BATCH_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
 PRIORITY_EPS = 1e-6
 
 
@@ -50,25 +48,31 @@ class Learner:
         self.addresses = (replay, params, telemetry)
         if config.learner.threads:
             torch.set_num_threads(config.learner.threads)
-        probe = make_env(config.env)
-        spec = env_spec(probe)
-        probe.close()
-        self.space = SpaceSpec(spec.obs_dim, spec.action_dim)
+        self.space = env_space(config.env)
+        self.fields = experiment_fields(config, self.space)
         self.algo = make_algorithm(config.algo.name, self.space, config.algo.params(), config.learner.device)
+        self.param_sets: tuple[ParamSetSpec, ...] = tuple(self.algo.param_sets())
+        if POLICY_PARAMS not in {p.name for p in self.param_sets}:
+            raise ValueError(f"algorithm {config.algo.name!r} publishes no {POLICY_PARAMS!r} parameter set")
         self.updates = 0
         self.version = 0
+        # The newest version published of every parameter set ("policy": `version`).
+        self.set_versions: dict[str, int] = {}
+        self._republish: set[str] = set()
+        # The newest report window that held updates (what the coordinator last heard from us).
+        self.last_metrics: dict[str, float] = {}
         self.resumed_from: Path | None = None
         latest = ckpt.latest_checkpoint(self.checkpoint_dir)
         if latest is not None:
             self._restore(latest)
         demos = config.demos
         self.demos = (
-            DemoTable(demos.path, self.space, self.algo.device, seed=config.seed)
+            DemoTable(demos.path, self.fields, self.algo.device, seed=config.seed)
             if demos.path is not None
             else None
         )
-        if config.pretrain.bc_steps and not hasattr(self.algo, "pretrain_bc"):
-            raise ValueError(f"algorithm {config.algo.name!r} has no behaviour-cloning pretraining")
+        if config.pretrain.bc_steps and not self.algo.can_pretrain:
+            raise ValueError(f"pretrain.bc_steps: algorithm {config.algo.name!r} has no pretraining on demos")
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -77,10 +81,13 @@ class Learner:
             "algo": self.algo.state_dict(),
             "updates": self.updates,
             "version": self.version,
+            "set_versions": dict(self.set_versions),
             "rng": ckpt.rng_state(),
             "config": self.config.model_dump(mode="json"),
             "algo_name": self.config.algo.name,
             "space": [self.space.obs_dim, self.space.action_dim],
+            "signals": list(self.space.signals),
+            "max_episode_steps": self.space.max_episode_steps,
         }
         return ckpt.save_checkpoint(
             self.checkpoint_dir, self.updates, payload, self.config.learner.keep_checkpoints
@@ -91,6 +98,7 @@ class Learner:
         self.algo.load_state_dict(state["algo"])
         self.updates = int(state["updates"])
         self.version = int(state["version"])
+        self.set_versions = {str(k): int(v) for k, v in state.get("set_versions", {}).items()}
         ckpt.set_rng_state(state["rng"])
         self.resumed_from = path
         log.info("resumed from %s at %d updates", path, self.updates)
@@ -108,7 +116,7 @@ class Learner:
         reporter = TelemetryReporter(
             telemetry_addr, source="learner/0", security=sec, interval_s=cfg.telemetry.report_every_s
         )
-        utd = int(getattr(getattr(self.algo, "config", None), "utd_ratio", 1))
+        utd = self.algo.batches_per_update
         mix_demos = self.demos is not None and cfg.demos.placement == "learner"
         online_items, demo_items = split_batch(cfg.learner.batch_size, cfg.demos.ratio if mix_demos else 0.0)
         batch_items, demo_items = online_items * utd, demo_items * utd
@@ -135,33 +143,36 @@ class Learner:
                 demo_batch = self.demos.sample(demo_items) if mix_demos and demo_items else None
                 metrics = self.algo.update(tensors, demo_batch)
                 self.updates += 1
-                if prioritized and "td_error" in getattr(self.algo, "extras", {}):
-                    td = self.algo.extras["td_error"].detach().abs().float().cpu().numpy()
+                priorities = self.algo.priorities() if prioritized else None
+                if priorities is not None:
+                    td = priorities.detach().abs().float().cpu().numpy()
                     replay.update_priorities(batch.shard, batch.keys, td + PRIORITY_EPS)
                 staleness = self.version - batch.policy_version
                 window.add(metrics, wait_s=t1 - t0, step_s=time.perf_counter() - t1, staleness=staleness)
-                if params is not None and self.updates % cfg.learner.publish_every == 0:
-                    try:
-                        self._publish(params)
-                    except grpc.RpcError as exc:  # a params outage skips a publish, never the learning
-                        if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                            raise
-                        log.warning("publish skipped: parameter server unavailable (%s)", exc.code().name)
+                if params is not None:
+                    self._publish_due(params)
                 if self.updates % cfg.learner.checkpoint_every == 0:
                     self.save()
                 if window.elapsed() >= cfg.telemetry.report_every_s:
-                    reporter.report(window.flush(self._replay_stats(replay)), updates=self.updates)
+                    reporter.report(
+                        self._keep(window.flush(self._replay_stats(replay))), updates=self.updates
+                    )
         finally:
             self.save()
             if params is not None:
                 try:
-                    self._publish(params)
+                    self._publish(params, [POLICY_PARAMS])
                 except grpc.RpcError:
                     pass
                 params.close()
             replay.close()
-            reporter.report(window.flush({}), updates=self.updates)
+            reporter.report(self._keep(window.flush({})), updates=self.updates)
             reporter.close(timeout=2.0)
+
+    def _keep(self, metrics: dict[str, float]) -> dict[str, float]:
+        if "updates_per_s" in metrics:
+            self.last_metrics = metrics
+        return metrics
 
     def _pretrain(self, stop: threading.Event) -> dict[str, float]:
         """Behaviour cloning of the policy on the demos before any RL update."""
@@ -171,7 +182,7 @@ class Learner:
         for step in range(steps):
             if stop.is_set():
                 break
-            metrics = self.algo.pretrain_bc(self.demos.sample(batch))
+            metrics = self.algo.pretrain_step(self.demos.sample(batch))
             if step % 1000 == 0:
                 log.info("bc step %d/%d: %s", step, steps, metrics)
         log.info("behaviour cloning done after %d steps: %s", steps, metrics)
@@ -201,26 +212,58 @@ class Learner:
             except TimeoutError:
                 pass
 
-    def _publish(self, params: ParamsClient, first: bool = False) -> None:
-        version = self.updates + 1
-        if first:
-            # A restarted learner must not go backwards on a server that outlived it.
-            try:
-                version = max(version, params.info().version + 1)
-            except grpc.RpcError:
-                pass
-        if version <= self.version:
+    def _publish_due(self, params: ParamsClient) -> None:
+        """Publish the parameter sets due at this update; a params outage skips them, never learning."""
+        due = [
+            p.name
+            for p in self.param_sets
+            if p.name in self._republish
+            or (p.every_updates is None and self.updates % self.config.learner.publish_every == 0)
+            or (p.every_updates and self.updates % p.every_updates == 0)
+        ]
+        if not due:
             return
-        self.version = params.publish(
-            self.algo.policy_state(), version=version, metadata={UPDATES_KEY: str(self.updates)}
-        )
+        try:
+            self._publish(params, due)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            # The server may come back empty: sets published once go out again with the next publish.
+            self._republish.update(p.name for p in self.param_sets)
+            log.warning("publish skipped: parameter server unavailable (%s)", exc.code().name)
+
+    def _publish(self, params: ParamsClient, names: list[str] | None = None, first: bool = False) -> None:
+        """Publish the named parameter sets (all of them by default); "policy" as version updates + 1."""
+        names = names if names is not None else [p.name for p in self.param_sets]
+        for name in names:
+            latest = self.version if name == POLICY_PARAMS else self.set_versions.get(name, 0)
+            version = self.updates + 1 if name == POLICY_PARAMS else latest + 1
+            if first:
+                # A restarted learner must not go backwards on a server that outlived it.
+                try:
+                    version = max(version, params.info(param_set=name).version + 1)
+                except grpc.RpcError:
+                    pass
+            if version <= latest and name not in self._republish:
+                continue
+            version = max(version, latest + 1)
+            published = params.publish(
+                self.algo.params(name),
+                version=version,
+                metadata={UPDATES_KEY: str(self.updates)},
+                param_set=name,
+            )
+            self.set_versions[name] = published
+            if name == POLICY_PARAMS:
+                self.version = published
+            self._republish.discard(name)
 
     def _to_device(self, batch) -> dict[str, torch.Tensor]:
+        """Every field of the sampled batch (the experiment's declared fields) on the algorithm's device."""
         device = self.algo.device
         pin = device.type == "cuda"
         out = {}
-        for name in BATCH_FIELDS:
-            arr = batch.fields[name]
+        for name, arr in batch.fields.items():
             # Arrays may be read-only views of the received message; torch wants writable memory.
             t = torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr))
             out[name] = t.pin_memory().to(device, non_blocking=True) if pin else t

@@ -1,8 +1,10 @@
-"""Parameter server: the latest policy weights, versioned, pushed to actors.
+"""Parameter server: named parameter sets, each versioned, pushed to actors.
 
-Learners `publish` a named set of tensors in < 4 MiB chunks; actors `subscribe`
-and always hold the newest complete version. See `distrl.params.server` for the
-protocol. Attributes load on first use so `distrl --help` stays fast.
+Learners `publish` versions of named sets of tensors ("policy", a frozen "base",
+a shield's "barrier"; DEFAULT_PARAM_SET when none is named) in < 4 MiB chunks;
+actors `subscribe` to the sets they need and always hold the newest complete
+version of each. See `distrl.params.server` for the protocol. Attributes load on
+first use so `distrl --help` stays fast.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ if TYPE_CHECKING:
         ParamSubscription,
         ParamsVersion,
     )
+    from distrl.params.names import DEFAULT_PARAM_SET, UPDATES_KEY
     from distrl.params.server import ParamServer, RunningParamServer, start_params_server
 
 _EXPORTS = {
     "MAX_MESSAGE_BYTES": "distrl.params.chunks",
     "ChunkStreamError": "distrl.params.chunks",
+    "DEFAULT_PARAM_SET": "distrl.params.names",
+    "UPDATES_KEY": "distrl.params.names",
     "ParamsClient": "distrl.params.client",
     "ParamsInfo": "distrl.params.client",
     "ParamsSubscriptionError": "distrl.params.client",
@@ -35,7 +40,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DEFAULT_PARAM_SET",
     "MAX_MESSAGE_BYTES",
+    "UPDATES_KEY",
     "ChunkStreamError",
     "ParamServer",
     "ParamSubscription",

@@ -2,7 +2,8 @@
 
 A tensor's raw little-endian C-order bytes are split over consecutive chunks of
 the same name (offset increasing from 0, each message under 4 MiB); the version
-ends at the chunk with `end_of_version`. The server and the client check a
+ends at the chunk with `end_of_version`. Every chunk names the parameter set the
+version belongs to. The server and the client check a
 stream with the same `VersionAssembler`, so both reject the same malformed input.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from distrl.params.names import resolve_param_set
 from distrl.proto.v1 import params_pb2, tensor_pb2
 from distrl.wire.codec import TensorDecodeError, decode, dtype_from_proto, dtype_to_proto
 
@@ -81,11 +83,12 @@ def iter_chunks(
     tensors: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    param_set: str = "",
 ) -> Iterator[params_pb2.ParamChunk]:
-    """The chunks of one version; `tensors` must come from `prepare_tensors`.
+    """The chunks of one version of `param_set`; `tensors` must come from `prepare_tensors`.
 
     Lazy, so a large model is never held twice in memory. Metadata rides on the
-    first chunk, `end_of_version` on the last.
+    first chunk, `end_of_version` on the last, the set name on every chunk.
     """
     names = list(tensors)
     for index, name in enumerate(names):
@@ -105,6 +108,7 @@ def iter_chunks(
                 data=raw[start:end].tobytes(),
                 end_of_version=index == len(names) - 1 and end == raw.size,
                 metadata=metadata if index == 0 and start == 0 else None,
+                param_set=param_set,
             )
 
 
@@ -139,7 +143,8 @@ class VersionAssembler:
     """Checks the chunks of one version as they arrive and collects them.
 
     `add` raises ChunkStreamError on the first chunk that breaks the protocol:
-    a message over the size limit, a changed version number, a tensor whose
+    a message over the size limit, a bad or changed parameter set name (the
+    empty name means the default set), a changed version number, a tensor whose
     chunks are out of order or overrun dtype x shape, a tensor left incomplete,
     a repeated name, or anything after `end_of_version`.
     """
@@ -149,6 +154,7 @@ class VersionAssembler:
     chunks: list[params_pb2.ParamChunk] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     version: int | None = None
+    param_set: str | None = None
     complete: bool = False
     num_bytes: int = 0
     _tensors: dict[str, _TensorParts] = field(default_factory=dict)
@@ -168,6 +174,7 @@ class VersionAssembler:
             raise ChunkStreamError(
                 f"{where} is {size} bytes; every message must be < {self.max_message_bytes}"
             )
+        self._check_param_set(chunk.param_set, where)
         if chunk.version < 0:
             raise ChunkStreamError(f"{where} has negative version {chunk.version}")
         if self.version is None:
@@ -206,6 +213,19 @@ class VersionAssembler:
             except TensorDecodeError as exc:
                 raise ChunkStreamError(str(exc)) from None
         return out
+
+    def _check_param_set(self, name: str, where: str) -> None:
+        try:
+            param_set = resolve_param_set(name)
+        except ValueError as exc:
+            raise ChunkStreamError(f"{where}: {exc}") from None
+        if self.param_set is None:
+            self.param_set = param_set
+        elif param_set != self.param_set:
+            raise ChunkStreamError(
+                f"{where} names parameter set {param_set!r} inside a version of set {self.param_set!r} "
+                "(one publish carries one set)"
+            )
 
     def _start_tensor(self, chunk: params_pb2.ParamChunk, where: str) -> _TensorParts:
         name = chunk.name

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from distrl.params.names import DEFAULT_PARAM_SET
 from distrl.wire.cli_options import (
     HostOpt,
     KeepaliveOpt,
@@ -49,8 +50,11 @@ def serve_params(
     max_version_mib: Annotated[
         float, typer.Option("--max-version-mib", min=0.001, help="largest version a publisher may send")
     ] = 16 * 1024,
+    max_sets: Annotated[
+        int, typer.Option("--max-sets", min=1, help="distinct parameter sets the server holds at most")
+    ] = 16,
 ) -> None:
-    """Serve the latest policy weights: learners publish versions, actors subscribe."""
+    """Serve named parameter sets (policy weights, ...): learners publish versions, actors subscribe."""
     from distrl.params.server import start_params_server
     from distrl.wire.lifecycle import serve_until_signalled
 
@@ -64,6 +68,7 @@ def serve_params(
             keepalive=keepalive,
             max_subscribers=max_subscribers,
             max_version_bytes=int(max_version_mib * 1024 * 1024),
+            max_sets=max_sets,
         )
     except (OSError, RuntimeError) as exc:
         typer.echo(f"error: cannot start the parameter server on {host}:{port}: {exc}", err=True)
@@ -76,6 +81,9 @@ def serve_params(
 @app.command("info")
 def info(
     address: Annotated[str, typer.Argument(help="HOST:PORT of the parameter server")],
+    param_set: Annotated[
+        str, typer.Option("--set", help="the parameter set to describe (all held sets are listed)")
+    ] = DEFAULT_PARAM_SET,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a summary")] = False,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
@@ -84,15 +92,21 @@ def info(
     tls_key: TlsKeyOpt = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 10.0,
 ) -> None:
-    """Show the version, tensors and subscribers a parameter server holds."""
+    """Show the sets a parameter server holds, and one set's version, tensors and subscribers."""
     import grpc
 
     from distrl.params.client import ParamsClient
+    from distrl.params.names import resolve_param_set
 
+    try:
+        resolve_param_set(param_set)
+    except ValueError as exc:
+        typer.echo(f"error: --set: {exc}", err=True)
+        raise typer.Exit(2) from None
     security = security_from_options(token, token_file, tls_cert, tls_key, tls_ca=tls_ca)
     try:
         with ParamsClient(address, security, timeout_s=timeout_s) as client:
-            details = client.info()
+            details = client.info(param_set)
     except grpc.RpcError as exc:
         typer.echo(f"error: {address}: {exc.code().name}: {exc.details()}", err=True)
         raise typer.Exit(1) from None
@@ -102,6 +116,8 @@ def info(
     age = f", last {time.time() - details.last_publish_unix_s:.1f}s ago" if details.publishes else ""
     lines = [
         f"parameter server {address}",
+        f"  sets         {', '.join(details.sets) or 'none published yet'}",
+        f"  set          {details.param_set}",
         f"  version      {details.version or 'none published yet'}",
         f"  tensors      {details.num_tensors} ({details.num_bytes / 2**20:.2f} MiB)",
         f"  subscribers  {details.subscribers}",

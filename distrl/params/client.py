@@ -1,14 +1,15 @@
 """Client of the parameter server: publish (learners), fetch and subscribe (actors).
 
-`ParamsClient.subscribe()` returns a `ParamSubscription`: a background thread
-that keeps a Subscribe stream open, reassembles each version from its chunks
-(exposing it only when complete), and after a dropped connection or a server
-restart reconnects with backoff, resuming after the newest version it holds.
+Every call names a parameter set (`param_set`, "policy" by default); each set
+has its own version numbers. `ParamsClient.subscribe()` returns a
+`ParamSubscription` bound to one set: a background thread that keeps a Subscribe
+stream open, reassembles each version from its chunks (exposing it only when
+complete), and after a dropped connection or a server restart reconnects with
+backoff, resuming after the newest version of that set it holds.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Mapping
@@ -25,8 +26,10 @@ from distrl.params.chunks import (
     iter_chunks,
     prepare_tensors,
 )
+from distrl.params.names import DEFAULT_PARAM_SET, resolve_param_set
 from distrl.proto.v1 import params_pb2, params_pb2_grpc
 from distrl.wire.channel import open_channel
+from distrl.wire.retry import Backoff
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 
 # Errors that reconnecting cannot fix: the subscription stops and reports them.
@@ -42,16 +45,17 @@ _FATAL_CODES = frozenset(
 
 @dataclass(frozen=True)
 class ParamsVersion:
-    """One complete version of the weights."""
+    """One complete version of one parameter set."""
 
     version: int
     tensors: dict[str, np.ndarray]
     metadata: dict[str, str] = field(default_factory=dict)
+    param_set: str = DEFAULT_PARAM_SET
 
 
 @dataclass(frozen=True)
 class ParamsInfo:
-    """What a parameter server holds (see `ParamsClient.info`)."""
+    """What a parameter server holds of one set, and which sets it holds (see `ParamsClient.info`)."""
 
     version: int
     num_tensors: int
@@ -60,23 +64,28 @@ class ParamsInfo:
     publishes: int
     last_publish_unix_s: float
     names: list[str]
+    param_set: str
+    sets: list[str]
 
 
 class ParamsSubscriptionError(RuntimeError):
     """A subscription stopped on an error that retrying cannot fix (e.g. a refused token)."""
 
 
-def _read_version(stream) -> ParamsVersion:
-    """Assemble one complete version from a chunk stream (Fetch)."""
+def _read_version(stream, param_set: str) -> ParamsVersion:
+    """Assemble one complete version of `param_set` from a chunk stream (Fetch)."""
     assembler = VersionAssembler()
     for chunk in stream:
         if assembler.add(chunk):
             break
-    return _to_version(assembler)
+    return _to_version(assembler, param_set)
 
 
-def _to_version(assembler: VersionAssembler) -> ParamsVersion:
-    return ParamsVersion(assembler.version or 0, assembler.tensors(), dict(assembler.metadata))
+def _to_version(assembler: VersionAssembler, param_set: str) -> ParamsVersion:
+    tensors = assembler.tensors()
+    if assembler.param_set != param_set:
+        raise ChunkStreamError(f"asked for parameter set {param_set!r}, got {assembler.param_set!r}")
+    return ParamsVersion(assembler.version or 0, tensors, dict(assembler.metadata), param_set)
 
 
 class ParamsClient:
@@ -103,30 +112,39 @@ class ParamsClient:
         tensors: Mapping[str, np.ndarray],
         version: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        param_set: str = DEFAULT_PARAM_SET,
     ) -> int:
-        """Publish one version; returns its number (assigned as current + 1 when `version` is None).
+        """Publish one version of `param_set`; returns its number (that set's current + 1 when
+        `version` is None).
 
         Raises grpc.RpcError with FAILED_PRECONDITION when `version` is not newer than the
-        server's, ValueError/TypeError for input that cannot be sent.
+        set's version on the server, RESOURCE_EXHAUSTED when a new set would pass the server's
+        limit, ValueError/TypeError for input that cannot be sent (a bad set name included).
         """
         if version is not None and (not isinstance(version, int) or version < 1):
             raise ValueError(f"version must be a positive int or None, got {version!r}")
+        name = resolve_param_set(param_set)
         arrays = prepare_tensors(tensors)
         meta = check_metadata(metadata, self.chunk_bytes)
-        chunks = iter_chunks(version or 0, arrays, meta, self.chunk_bytes)
+        chunks = iter_chunks(version or 0, arrays, meta, self.chunk_bytes, param_set=name)
         response = self._stub.Publish(chunks, timeout=self.timeout_s)
         return response.version
 
-    def fetch(self, min_version: int = 0) -> ParamsVersion:
-        """The current version; grpc.RpcError NOT_FOUND when none (or older than `min_version`)."""
-        stream = self._stub.Fetch(params_pb2.FetchRequest(min_version=min_version), timeout=self.timeout_s)
+    def fetch(self, min_version: int = 0, param_set: str = DEFAULT_PARAM_SET) -> ParamsVersion:
+        """The current version of `param_set`; grpc.RpcError NOT_FOUND when it has none (or it is
+        older than `min_version`)."""
+        name = resolve_param_set(param_set)
+        request = params_pb2.FetchRequest(min_version=min_version, param_set=name)
+        stream = self._stub.Fetch(request, timeout=self.timeout_s)
         try:
-            return _read_version(stream)
+            return _read_version(stream, name)
         except ChunkStreamError as exc:
             raise ChunkStreamError(f"malformed version from {self.address}: {exc}") from None
 
-    def info(self) -> ParamsInfo:
-        resp = self._stub.Info(params_pb2.ParamsInfoRequest(), timeout=self.timeout_s)
+    def info(self, param_set: str = DEFAULT_PARAM_SET) -> ParamsInfo:
+        """What the server holds of `param_set` (zeros before its first publish), and every set's name."""
+        request = params_pb2.ParamsInfoRequest(param_set=resolve_param_set(param_set))
+        resp = self._stub.Info(request, timeout=self.timeout_s)
         return ParamsInfo(
             version=resp.version,
             num_tensors=resp.num_tensors,
@@ -135,6 +153,9 @@ class ParamsClient:
             publishes=resp.publishes,
             last_publish_unix_s=resp.last_publish_unix_s,
             names=list(resp.names),
+            # An old server leaves the set empty; it only ever held the default set.
+            param_set=resp.param_set or DEFAULT_PARAM_SET,
+            sets=list(resp.sets),
         )
 
     def subscribe(
@@ -142,9 +163,13 @@ class ParamsClient:
         after_version: int = 0,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        param_set: str = DEFAULT_PARAM_SET,
     ) -> ParamSubscription:
-        """Start receiving every new version in the background (see `ParamSubscription`)."""
-        subscription = ParamSubscription(self._stub, after_version, initial_backoff_s, max_backoff_s)
+        """Start receiving every new version of `param_set` in the background (see
+        `ParamSubscription`); a set not published yet is waited for."""
+        subscription = ParamSubscription(
+            self._stub, after_version, initial_backoff_s, max_backoff_s, param_set=param_set
+        )
         self._subscriptions.append(subscription)
         return subscription
 
@@ -162,7 +187,7 @@ class ParamsClient:
 
 
 class ParamSubscription:
-    """The newest weights from a parameter server, kept up to date by a background thread.
+    """The newest version of one parameter set, kept up to date by a background thread.
 
     Reconnects with exponential backoff (with jitter) whenever the stream ends or
     fails, asking only for versions newer than the one it holds. Stops on errors
@@ -176,7 +201,9 @@ class ParamSubscription:
         after_version: int = 0,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        param_set: str = DEFAULT_PARAM_SET,
     ) -> None:
+        self.param_set = resolve_param_set(param_set)
         if after_version < 0:
             raise ValueError(f"after_version must be >= 0, got {after_version}")
         if not 0 < initial_backoff_s <= max_backoff_s:
@@ -246,11 +273,11 @@ class ParamSubscription:
     # -- background thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = self._initial_backoff_s
+        backoff = Backoff(self._initial_backoff_s, self._max_backoff_s, jitter=0.5)
         while not self._closed.is_set():
             try:
                 if self._stream_once():
-                    backoff = self._initial_backoff_s
+                    backoff.reset()
             except grpc.RpcError as exc:
                 if self._closed.is_set():
                     break
@@ -262,16 +289,17 @@ class ParamSubscription:
             except Exception as exc:  # never die silently in a background thread
                 self._stop_with(exc)
                 return
-            if self._closed.wait(backoff * random.uniform(0.5, 1.0)):
+            if backoff.sleep(self._closed):
                 break
-            backoff = min(backoff * 2, self._max_backoff_s)
             self.reconnects += 1
         with self._cond:
             self._cond.notify_all()
 
     def _stream_once(self) -> bool:
         """Read one Subscribe stream until it ends; True if it delivered at least one version."""
-        request = params_pb2.SubscribeRequest(after_version=max(self._after, self.version))
+        request = params_pb2.SubscribeRequest(
+            after_version=max(self._after, self.version), param_set=self.param_set
+        )
         call = self._stub.Subscribe(request)
         with self._cond:
             self._call = call
@@ -283,7 +311,7 @@ class ParamSubscription:
         for chunk in call:
             if not assembler.add(chunk):
                 continue
-            version = _to_version(assembler)
+            version = _to_version(assembler, self.param_set)
             assembler = VersionAssembler()
             if version.version <= self.version:
                 continue  # never go backwards

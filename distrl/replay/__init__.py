@@ -1,8 +1,9 @@
 """Replay: sharded tables of transitions served over gRPC.
 
-A `Table` is ring storage x sampler (uniform / prioritized) x FIFO remover x
-rate limiter; a `ReplayShard` serves named tables (`serve_replay_shard`, or
-`distrl serve replay`); a `ReplayClient` writes to and samples from K shards.
+A `Table` is ring storage x item sampler (uniform / prioritized, `item_samplers`)
+x FIFO remover x rate limiter; a `ReplayShard` serves named tables
+(`serve_replay_shard`, or `distrl serve replay`); a `ReplayClient` writes to and
+samples from K shards, its learner side through a prefetcher (`prefetch`).
 
 Items travel and are stored as packed rows (`rows.RowLayout`): each item's
 fields, key and policy version in one row of bytes. A writer packs its batch's
@@ -11,7 +12,7 @@ layout, finite values every batch) and copies them into storage as a block; a
 sample is the gathered storage rows, sent as one tensor that the client views
 field by field without copying. Sampling is paced by credit: a shard streams
 at most `sample_window` learner batches ahead of what the learner has taken,
-so transport buffers cannot run the rate limiter ahead (see `sampler`).
+so transport buffers cannot run the rate limiter ahead (see `prefetch`).
 Actors `<name>-<i>` spread over shards by index (`writer.home_shard`).
 
 Attributes load on first use so `distrl --help` stays fast.
@@ -24,22 +25,22 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from distrl.replay.client import (
-        BatchRejectedError,
+        InsertRejectedError,
+        LearnerBatch,
         ReplayClient,
         ReplayClientError,
         ReplayWriter,
-        SampleBatch,
         ShardInfo,
-        TableInfo,
     )
     from distrl.replay.config import ReplayShardConfig, TableConfig
     from distrl.replay.server import ReplayServer, ReplayShard, serve_replay_shard
-    from distrl.replay.spec import BatchRejected
-    from distrl.replay.table import RateLimiterTimeout, SampledBatch, Table, TableClosed
+    from distrl.replay.spec import SpecViolation
+    from distrl.replay.stats import TableCounters, TableStats
+    from distrl.replay.table import RateLimiterTimeout, SampledRows, Table, TableClosed
 
 _EXPORTS = {
-    "BatchRejected": "distrl.replay.spec",
-    "BatchRejectedError": "distrl.replay.client",
+    "InsertRejectedError": "distrl.replay.client",
+    "LearnerBatch": "distrl.replay.client",
     "RateLimiterTimeout": "distrl.replay.table",
     "ReplayClient": "distrl.replay.client",
     "ReplayClientError": "distrl.replay.client",
@@ -47,19 +48,20 @@ _EXPORTS = {
     "ReplayShard": "distrl.replay.server",
     "ReplayShardConfig": "distrl.replay.config",
     "ReplayWriter": "distrl.replay.client",
-    "SampleBatch": "distrl.replay.client",
-    "SampledBatch": "distrl.replay.table",
+    "SampledRows": "distrl.replay.table",
     "ShardInfo": "distrl.replay.client",
+    "SpecViolation": "distrl.replay.spec",
     "Table": "distrl.replay.table",
     "TableClosed": "distrl.replay.table",
     "TableConfig": "distrl.replay.config",
-    "TableInfo": "distrl.replay.client",
+    "TableCounters": "distrl.replay.stats",
+    "TableStats": "distrl.replay.stats",
     "serve_replay_shard": "distrl.replay.server",
 }
 
 __all__ = [
-    "BatchRejected",
-    "BatchRejectedError",
+    "InsertRejectedError",
+    "LearnerBatch",
     "RateLimiterTimeout",
     "ReplayClient",
     "ReplayClientError",
@@ -67,13 +69,14 @@ __all__ = [
     "ReplayShard",
     "ReplayShardConfig",
     "ReplayWriter",
-    "SampleBatch",
-    "SampledBatch",
+    "SampledRows",
     "ShardInfo",
+    "SpecViolation",
     "Table",
     "TableClosed",
     "TableConfig",
-    "TableInfo",
+    "TableCounters",
+    "TableStats",
     "serve_replay_shard",
 ]
 

@@ -23,6 +23,7 @@ import zarr
 from distrl.data import layout
 from distrl.replay.config import FieldSpecConfig, TableConfig
 from distrl.replay.spec import TableSpec
+from distrl.replay.stats import TableCounters
 from distrl.replay.table import Table, TableSnapshot
 
 FORMAT = "distrl.replay_checkpoint"
@@ -115,7 +116,7 @@ def _write_table(root: zarr.Group, snap: TableSnapshot) -> None:
             "config": json.loads(snap.config.model_dump_json()),
             "spec": snap.spec.to_config() if snap.spec is not None else None,
             "next_key": int(snap.next_key),
-            "counters": snap.counters,
+            "counters": snap.counters.to_dict(),
             "last_sequence": snap.last_sequence,
             "max_priority": float(snap.max_priority),
         }
@@ -148,7 +149,7 @@ def _read_table(root: zarr.Group, name: str, path: Path) -> TableSnapshot:
             policy_version=group[f"{layout.META}/policy_version"][...],
             priorities=group[f"{layout.META}/priorities"][...],
             next_key=int(attrs["next_key"]),
-            counters=attrs["counters"],
+            counters=TableCounters.from_dict(attrs["counters"]),
             last_sequence=attrs["last_sequence"],
             max_priority=float(attrs.get("max_priority", 1.0)),
         )

@@ -121,10 +121,11 @@ def shard_values_from_experiment(path: Path, checkpointing: bool) -> dict[str, A
     directory. Raises ValueError (a ConfigError) naming the bad key.
     """
     from distrl.config import load_config
+    from distrl.experiment import replay_table_config
 
     experiment = load_config(path)
     return {
-        "tables": [experiment.replay.table.model_dump(mode="json")],
+        "tables": [replay_table_config(experiment).model_dump(mode="json")],
         "checkpoint_every_s": experiment.replay.checkpoint_every_s if checkpointing else None,
         "seed": experiment.seed * 1000 + _pod_ordinal(),
     }

@@ -3,10 +3,11 @@
 Writers (`client.writer(actor_id)`) pack batches into rows and stream them to
 the shard picked by a stable hash of the actor id, keep a bounded window of
 unacked batches, fail over to the next live shard (resending what was not
-acked) and go back home when the home shard serves again. The sampler keeps
-one long-lived, credit-paced Sample call per shard (at most `sample_window`
-learner batches ahead of the learner), draws from each shard in proportion to
-its size and hands out learner batches from a background prefetch queue.
+acked) and go back home when the home shard serves again. The prefetcher
+(`prefetch.BatchPrefetcher`) keeps one long-lived, credit-paced Sample call per
+shard (at most `sample_window` learner batches ahead of the learner), draws from
+each shard in proportion to its size and hands out learner batches from a
+background prefetch queue.
 Priority updates go to the shard that owns each item.
 """
 
@@ -22,24 +23,27 @@ import numpy as np
 
 from distrl.proto.v1 import replay_pb2
 from distrl.replay.connections import ReplayClientError, ShardConnection, status_of
-from distrl.replay.sampler import BatchPrefetcher, SampleBatch, SamplerStats, proportional_counts
-from distrl.replay.writer import BatchRejectedError, ReplayWriter, WriterStats, home_shard
-from distrl.wire.codec import CompressionName, dtype_from_proto, encode
+from distrl.replay.messages import decode_table_stats
+from distrl.replay.prefetch import BatchPrefetcher, LearnerBatch, PrefetchStats, proportional_counts
+from distrl.replay.protocol import DEFAULT_TABLE
+from distrl.replay.stats import FieldSpecInfo, TableStats
+from distrl.replay.writer import InsertRejectedError, ReplayWriter, WriterStats, home_shard
+from distrl.wire.codec import CompressionName, encode
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BatchRejectedError",
     "CheckpointInfo",
     "FieldSpecInfo",
+    "InsertRejectedError",
+    "LearnerBatch",
+    "PrefetchStats",
     "ReplayClient",
     "ReplayClientError",
     "ReplayWriter",
-    "SampleBatch",
-    "SamplerStats",
     "ShardInfo",
-    "TableInfo",
+    "TableStats",
     "WriterStats",
     "home_shard",
     "proportional_counts",
@@ -47,64 +51,16 @@ __all__ = [
 
 
 @dataclass
-class FieldSpecInfo:
-    dtype: str
-    shape: list[int]
-
-
-@dataclass
-class TableInfo:
-    name: str
-    size: int
-    capacity: int
-    inserts: int
-    samples: int
-    inserted_batches: int
-    duplicate_batches: int
-    rejected_batches: int
-    samples_per_insert: float
-    insert_wait_s: float
-    sample_wait_s: float
-    sampler: str
-    spec: dict[str, FieldSpecInfo]
-    target_samples_per_insert: float
-    min_size_to_sample: int
-
-    @classmethod
-    def from_proto(cls, msg: replay_pb2.TableInfo) -> TableInfo:
-        return cls(
-            name=msg.name,
-            size=msg.size,
-            capacity=msg.capacity,
-            inserts=msg.inserts,
-            samples=msg.samples,
-            inserted_batches=msg.inserted_batches,
-            duplicate_batches=msg.duplicate_batches,
-            rejected_batches=msg.rejected_batches,
-            samples_per_insert=msg.samples_per_insert,
-            insert_wait_s=msg.insert_wait_s,
-            sample_wait_s=msg.sample_wait_s,
-            sampler=msg.sampler,
-            spec={
-                f.name: FieldSpecInfo(str(dtype_from_proto(f.dtype).newbyteorder("=")), list(f.shape))
-                for f in msg.spec
-            },
-            target_samples_per_insert=msg.target_samples_per_insert,
-            min_size_to_sample=msg.min_size_to_sample,
-        )
-
-
-@dataclass
 class ShardInfo:
     index: int
     address: str
     up: bool
-    tables: list[TableInfo] = field(default_factory=list)
+    tables: list[TableStats] = field(default_factory=list)
     last_checkpoint: str = ""
     uptime_s: float = 0.0
     error: str = ""
 
-    def table(self, name: str) -> TableInfo:
+    def table(self, name: str) -> TableStats:
         for t in self.tables:
             if t.name == name:
                 return t
@@ -139,7 +95,7 @@ class ReplayClient:
     def __init__(
         self,
         addresses: Sequence[str],
-        table: str = "default",
+        table: str = DEFAULT_TABLE,
         security: SecurityConfig | None = None,
         keepalive: KeepaliveConfig | None = None,
         *,
@@ -174,7 +130,7 @@ class ReplayClient:
         self.rpc_timeout_s = rpc_timeout_s
         self._shards = [ShardConnection.open(i, a, security, keepalive) for i, a in enumerate(addresses)]
         self._lock = threading.Lock()
-        self._sampler: BatchPrefetcher | None = None
+        self._prefetcher: BatchPrefetcher | None = None
         self._writers: list[ReplayWriter] = []
         self._closed = False
 
@@ -215,7 +171,7 @@ class ReplayClient:
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, timeout: float | None = None) -> SampleBatch:
+    def sample(self, batch_size: int, timeout: float | None = None) -> LearnerBatch:
         """The next learner batch of `batch_size` items from the prefetch queue.
 
         Raises TimeoutError after `timeout` seconds without a batch, ReplayClientError
@@ -226,19 +182,19 @@ class ReplayClient:
         with self._lock:
             if self._closed:
                 raise ReplayClientError("the replay client is closed")
-            sampler = self._sampler
-            if sampler is None or sampler.batch_size != batch_size:
+            prefetcher = self._prefetcher
+            if prefetcher is None or prefetcher.batch_size != batch_size:
                 # A new batch size restarts the streams: buffered items were cut for the old one.
-                if sampler is not None:
-                    sampler.close()
-                sampler = self._sampler = BatchPrefetcher(self, batch_size)
-        return sampler.get(timeout)
+                if prefetcher is not None:
+                    prefetcher.close()
+                prefetcher = self._prefetcher = BatchPrefetcher(self, batch_size)
+        return prefetcher.get(timeout)
 
-    def sampler_stats(self) -> SamplerStats:
-        sampler = self._sampler
-        if sampler is None:
-            return SamplerStats(shards_up=[False] * self.num_shards, shard_sizes=[0] * self.num_shards)
-        return sampler.stats()
+    def prefetch_stats(self) -> PrefetchStats:
+        prefetcher = self._prefetcher
+        if prefetcher is None:
+            return PrefetchStats(shards_up=[False] * self.num_shards, shard_sizes=[0] * self.num_shards)
+        return prefetcher.stats()
 
     def update_priorities(self, shard: np.ndarray, keys: np.ndarray, priorities: np.ndarray) -> int:
         """Send each item's new priority to the shard that owns it; returns how many items were updated.
@@ -304,7 +260,7 @@ class ReplayClient:
                     shard.index,
                     shard.address,
                     up=True,
-                    tables=[TableInfo.from_proto(t) for t in resp.tables],
+                    tables=[decode_table_stats(t) for t in resp.tables],
                     last_checkpoint=resp.last_checkpoint,
                     uptime_s=resp.uptime_s,
                 )
@@ -332,11 +288,11 @@ class ReplayClient:
                 return
             self._closed = True
             writers, self._writers = self._writers, []
-            sampler, self._sampler = self._sampler, None
+            prefetcher, self._prefetcher = self._prefetcher, None
         for w in writers:
             w.close(timeout=0)
-        if sampler is not None:
-            sampler.close()
+        if prefetcher is not None:
+            prefetcher.close()
         for s in self._shards:
             s.channel.close()
 

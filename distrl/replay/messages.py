@@ -12,10 +12,13 @@ for clients that do not pack.
 Layouts are converted once and cached: per table on the sending side, per
 distinct layout message on the receiving side (a bounded cache, since the
 server reads layouts from untrusted actors).
+
+Info's TableInfo converts to and from `stats.TableStats` here too (off the hot paths).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -31,6 +34,7 @@ from distrl.replay.rows import (
     RowColumn,
     RowLayout,
 )
+from distrl.replay.stats import FieldSpecInfo, TableStats
 from distrl.wire.codec import (
     CompressionName,
     TensorDecodeError,
@@ -360,3 +364,26 @@ def decode_transition_batch(msg: replay_pb2.TransitionBatch) -> dict[str, np.nda
         except TensorDecodeError as exc:
             raise LayoutError(name, str(exc)) from None
     return fields
+
+
+# -- Info -------------------------------------------------------------------------------------------
+
+# TableStats and the TableInfo message have the same fields; only the spec needs converting.
+_PLAIN_STATS_FIELDS = tuple(f.name for f in dataclasses.fields(TableStats) if f.name != "spec")
+
+
+def encode_table_stats(stats: TableStats) -> replay_pb2.TableInfo:
+    msg = replay_pb2.TableInfo(**{name: getattr(stats, name) for name in _PLAIN_STATS_FIELDS})
+    for name, f in stats.spec.items():
+        msg.spec.add(name=name, dtype=dtype_to_proto(np.dtype(f.dtype)), shape=f.shape)
+    return msg
+
+
+def decode_table_stats(msg: replay_pb2.TableInfo) -> TableStats:
+    return TableStats(
+        **{name: getattr(msg, name) for name in _PLAIN_STATS_FIELDS},
+        spec={
+            f.name: FieldSpecInfo(str(dtype_from_proto(f.dtype).newbyteorder("=")), list(f.shape))
+            for f in msg.spec
+        },
+    )

@@ -12,7 +12,9 @@ enforced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from distrl.replay.stats import TableCounters
 
 
 @dataclass
@@ -20,8 +22,16 @@ class RateLimiter:
     samples_per_insert: float | None
     min_size_to_sample: int
     error_buffer: float
-    inserts: int = 0
-    samples: int = 0
+    # Where inserts and samples are counted: the table's counters (so Info and checkpoints see them).
+    counters: TableCounters = field(default_factory=TableCounters)
+
+    @property
+    def inserts(self) -> int:
+        return self.counters.inserts
+
+    @property
+    def samples(self) -> int:
+        return self.counters.samples
 
     @property
     def _diff(self) -> float:
@@ -44,10 +54,10 @@ class RateLimiter:
         return self._diff - 1 >= self._bounds()[0]
 
     def record_insert(self, n: int) -> None:
-        self.inserts += n
+        self.counters.inserts += n
 
     def record_sample(self, n: int) -> None:
-        self.samples += n
+        self.counters.samples += n
 
     def describe(self, size: int) -> str:
         spi = "unset" if self.samples_per_insert is None else f"{self.samples_per_insert:g}"

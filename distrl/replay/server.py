@@ -12,7 +12,7 @@ turns RPCs into table calls and table errors into status codes:
 - a rate-limiter wait that ran out -> DEADLINE_EXCEEDED saying which side waited;
 - a shard shutting down -> UNAVAILABLE (clients fail over).
 
-Sample yields SampleBatch messages serialized by hand (`encode_sample_batch`:
+Sample yields (proto) SampleBatch messages serialized by hand (`encode_sample_batch`:
 the gathered rows copied once) and registers its handlers itself to pass them
 through. A paced Sample call sends one batch per unit of credit, which its
 GrantSamples stream tops up (`_SampleCredits`).
@@ -21,9 +21,9 @@ GrantSamples stream tops up (`_SampleCredits`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,22 +36,20 @@ import numpy as np
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc
 from distrl.replay.checkpoint import restore_tables, write_checkpoint
 from distrl.replay.config import ReplayShardConfig
-from distrl.replay.messages import decode_transition_batch, encode_sample_batch
+from distrl.replay.messages import decode_transition_batch, encode_sample_batch, encode_table_stats
+from distrl.replay.protocol import DEFAULT_TABLE, REJECTED_FIELD_KEY, SERVICE_NAME
 from distrl.replay.rows import LayoutError, PackedBatch
-from distrl.replay.spec import BatchRejected
-from distrl.replay.table import RateLimiterTimeout, Table, TableClosed, TableStats
-from distrl.wire.codec import TensorDecodeError, decode, dtype_to_proto
+from distrl.replay.spec import SpecViolation
+from distrl.replay.stats import TableStats
+from distrl.replay.table import RateLimiterTimeout, Table, TableClosed
+from distrl.wire.codec import TensorDecodeError, decode
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import RunningServer, start_server
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "distrl.v1.Replay"
-DEFAULT_TABLE = "default"
 # How often a paced Sample call waiting for credit checks whether its caller went away.
 _CREDIT_POLL_S = 0.2
-# Trailing-metadata key carrying the name of the field that got a batch rejected.
-REJECTED_FIELD_KEY = "distrl-rejected-field"
 
 
 @dataclass(frozen=True)
@@ -122,6 +120,13 @@ class ReplayShard:
     def undecodable_batches(self, table: str) -> int:
         """Batches for `table` rejected before reaching it (undecodable tensors, no actor id)."""
         return self._undecodable.get(table, 0)
+
+    def table_stats(self, name: str) -> TableStats:
+        """A table's statistics, counting the batches rejected before they reached it as rejected too."""
+        stats = self.tables[name].stats()
+        return dataclasses.replace(
+            stats, rejected_batches=stats.rejected_batches + self.undecodable_batches(name)
+        )
 
     def begin_shutdown(self) -> None:
         """Refuse new work: waiting calls stop waiting and end with UNAVAILABLE."""
@@ -206,7 +211,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
                     timeout=self._wait_limit(table, context),
                     is_active=active,
                 )
-            except BatchRejected as exc:
+            except SpecViolation as exc:
                 _abort_rejected(context, request, exc.field, str(exc))
             except RateLimiterTimeout as exc:
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
@@ -292,7 +297,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             updated = table.update_priorities(keys, priorities)
-        except BatchRejected as exc:
+        except SpecViolation as exc:
             context.set_trailing_metadata(((REJECTED_FIELD_KEY, exc.field),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return replay_pb2.UpdatePrioritiesResponse(updated=updated)
@@ -300,10 +305,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
     def Info(self, request, context):
         last = self.shard.last_checkpoint
         return replay_pb2.InfoResponse(
-            tables=[
-                table_info_proto(t.stats(), self.shard.undecodable_batches(name))
-                for name, t in self.shard.tables.items()
-            ],
+            tables=[encode_table_stats(self.shard.table_stats(name)) for name in self.shard.tables],
             last_checkpoint=str(last) if last is not None else "",
             uptime_s=self.shard.uptime_s,
         )
@@ -432,33 +434,6 @@ def _abort_rejected(context: grpc.ServicerContext, request, field_name: str, mes
     context.abort(
         grpc.StatusCode.INVALID_ARGUMENT,
         f"batch {request.sequence} from actor {request.actor_id!r} rejected: {message}",
-    )
-
-
-def table_info_proto(stats: TableStats, undecodable_batches: int = 0) -> replay_pb2.TableInfo:
-    spec = []
-    if stats.spec is not None:
-        spec = [
-            replay_pb2.FieldSpec(name=f.name, dtype=dtype_to_proto(f.dtype), shape=list(f.shape))
-            for f in stats.spec.fields.values()
-        ]
-    target = stats.target_samples_per_insert
-    return replay_pb2.TableInfo(
-        name=stats.name,
-        size=stats.size,
-        capacity=stats.capacity,
-        inserts=stats.inserts,
-        samples=stats.samples,
-        inserted_batches=stats.inserted_batches,
-        duplicate_batches=stats.duplicate_batches,
-        rejected_batches=stats.rejected_batches + undecodable_batches,
-        samples_per_insert=stats.samples_per_insert,
-        insert_wait_s=stats.insert_wait_s,
-        sample_wait_s=stats.sample_wait_s,
-        sampler=stats.sampler,
-        spec=spec,
-        target_samples_per_insert=target if target is not None and math.isfinite(target) else 0.0,
-        min_size_to_sample=stats.min_size_to_sample,
     )
 
 

@@ -13,8 +13,11 @@ from distrl.replay.rows import RowColumn, RowLayout
 RESERVED_FIELDS = frozenset({"policy_version", "keys", "probabilities", "weights"})
 
 
-class BatchRejected(ValueError):
-    """A batch (or priority update) that does not match the table; names the offending field."""
+class SpecViolation(ValueError):
+    """The shard's verdict on a batch (or priority update) that does not match the table; names the field.
+
+    The shard answers it with INVALID_ARGUMENT; the writer raises `InsertRejectedError` for it.
+    """
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"field {field!r}: {message}")
@@ -50,14 +53,14 @@ class TableSpec:
     @classmethod
     def from_batch(cls, batch: dict[str, np.ndarray]) -> TableSpec:
         if not batch:
-            raise BatchRejected("<fields>", "a batch needs at least one field")
+            raise SpecViolation("<fields>", "a batch needs at least one field")
         fields = {
             name: FieldSpec(name, arr.dtype.newbyteorder("="), tuple(arr.shape[1:]))
             for name, arr in batch.items()
         }
         for name, arr in batch.items():
             if arr.ndim == 0:
-                raise BatchRejected(name, "needs a leading batch dimension, got a scalar")
+                raise SpecViolation(name, "needs a leading batch dimension, got a scalar")
         _check_names(fields)
         return cls(fields)
 
@@ -65,33 +68,33 @@ class TableSpec:
         return {n: {"dtype": str(f.dtype), "shape": list(f.shape)} for n, f in self.fields.items()}
 
     def validate(self, batch: dict[str, np.ndarray]) -> int:
-        """Check a batch against the spec; returns its number of items or raises BatchRejected."""
+        """Check a batch against the spec; returns its number of items or raises SpecViolation."""
         missing = sorted(set(self.fields) - set(batch))
         if missing:
-            raise BatchRejected(
+            raise SpecViolation(
                 missing[0], f"missing (batch has {sorted(batch)}, table expects {sorted(self.fields)})"
             )
         extra = sorted(set(batch) - set(self.fields))
         if extra:
-            raise BatchRejected(extra[0], f"not in the table spec (table expects {sorted(self.fields)})")
+            raise SpecViolation(extra[0], f"not in the table spec (table expects {sorted(self.fields)})")
         n = None
         for name, spec in self.fields.items():
             arr = batch[name]
             if arr.dtype.newbyteorder("=") != spec.dtype:
-                raise BatchRejected(name, f"dtype {arr.dtype} does not match the table's {spec.dtype}")
+                raise SpecViolation(name, f"dtype {arr.dtype} does not match the table's {spec.dtype}")
             if arr.ndim == 0 or tuple(arr.shape[1:]) != spec.shape:
-                raise BatchRejected(
+                raise SpecViolation(
                     name, f"per-item shape {tuple(arr.shape[1:])} does not match the table's {spec.shape}"
                 )
             if n is None:
                 n = arr.shape[0]
             elif arr.shape[0] != n:
-                raise BatchRejected(name, f"has {arr.shape[0]} items while other fields have {n}")
+                raise SpecViolation(name, f"has {arr.shape[0]} items while other fields have {n}")
             if spec.dtype.kind == "f" and not np.isfinite(arr).all():
                 bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-                raise BatchRejected(name, f"{bad} non-finite value(s) (NaN or inf)")
+                raise SpecViolation(name, f"{bad} non-finite value(s) (NaN or inf)")
         if not n:
-            raise BatchRejected(next(iter(self.fields)), "batch is empty")
+            raise SpecViolation(next(iter(self.fields)), "batch is empty")
         return int(n)
 
 
@@ -122,28 +125,28 @@ class PackedCheck:
         return cls(tuple(spans), layout.columns[0].name if layout.columns else "<fields>", layout.row_bytes)
 
     def count(self, rows: np.ndarray) -> int:
-        """The number of items in `rows` ((n, row_bytes) uint8); BatchRejected names a bad field."""
+        """The number of items in `rows` ((n, row_bytes) uint8); SpecViolation names a bad field."""
         n = len(rows)
         if rows.ndim != 2 or rows.shape[1] != self.row_bytes:
-            raise BatchRejected("rows", f"shape {rows.shape} is not [n, {self.row_bytes}] as the layout says")
+            raise SpecViolation("rows", f"shape {rows.shape} is not [n, {self.row_bytes}] as the layout says")
         if not n:
-            raise BatchRejected(self.first_field, "batch is empty")
+            raise SpecViolation(self.first_field, "batch is empty")
         for start, stop, dtype, columns in self.spans:
             if not np.isfinite(rows[:, start:stop].view(dtype)).all():
                 for c in columns:
                     finite = np.isfinite(rows[:, c.offset : c.end].view(dtype))
                     if not finite.all():
                         bad = int(finite.size - np.count_nonzero(finite))
-                        raise BatchRejected(c.name, f"{bad} non-finite value(s) (NaN or inf)")
+                        raise SpecViolation(c.name, f"{bad} non-finite value(s) (NaN or inf)")
         return n
 
 
 def _check_names(fields: dict[str, FieldSpec]) -> None:
     reserved = sorted(set(fields) & RESERVED_FIELDS)
     if reserved:
-        raise BatchRejected(reserved[0], "is a reserved name (stored by the table itself)")
+        raise SpecViolation(reserved[0], "is a reserved name (stored by the table itself)")
     for name, spec in fields.items():
         if not name or name.startswith("/") or name.endswith("/"):
-            raise BatchRejected(name, "invalid field name")
+            raise SpecViolation(name, "invalid field name")
         if spec.dtype.kind not in "fiub":
-            raise BatchRejected(name, f"dtype {spec.dtype} is not storable")
+            raise SpecViolation(name, f"dtype {spec.dtype} is not storable")

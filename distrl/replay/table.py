@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -11,10 +12,11 @@ from functools import cached_property
 import numpy as np
 
 from distrl.replay.config import TableConfig
+from distrl.replay.item_samplers import ItemSampler, PrioritizedSampler, UniformSampler
 from distrl.replay.rate_limiter import RateLimiter
 from distrl.replay.rows import KEYS, POLICY_VERSION, PackedBatch, RowLayout
-from distrl.replay.samplers import PrioritizedSampler, Sampler, UniformSampler
-from distrl.replay.spec import BatchRejected, PackedCheck, TableSpec
+from distrl.replay.spec import PackedCheck, SpecViolation, TableSpec
+from distrl.replay.stats import FieldSpecInfo, TableCounters, TableStats
 from distrl.replay.storage import FifoRemover, RingStorage
 
 # How often a waiting call re-checks whether its caller went away.
@@ -38,8 +40,12 @@ class InsertResult:
 
 
 @dataclass
-class SampledBatch:
-    """Sampled items as their storage rows (one gathered block); fields and metadata are views of it."""
+class SampledRows:
+    """What `Table.sample` draws: the items' storage rows (one gathered block); fields and metadata are views.
+
+    The shard sends these rows as they are (a SampleBatch message); the learner's
+    `prefetch.LearnerBatch` is cut from what the shards send.
+    """
 
     rows: np.ndarray  # (n, layout.row_bytes) uint8
     layout: RowLayout
@@ -83,25 +89,6 @@ class SampledBatch:
 
 
 @dataclass
-class TableStats:
-    name: str
-    size: int
-    capacity: int
-    inserts: int
-    samples: int
-    inserted_batches: int
-    duplicate_batches: int
-    rejected_batches: int
-    samples_per_insert: float
-    insert_wait_s: float
-    sample_wait_s: float
-    sampler: str
-    spec: TableSpec | None
-    target_samples_per_insert: float | None
-    min_size_to_sample: int
-
-
-@dataclass
 class TableSnapshot:
     """Everything a table holds, items oldest first; what a checkpoint stores."""
 
@@ -112,7 +99,7 @@ class TableSnapshot:
     policy_version: np.ndarray
     priorities: np.ndarray
     next_key: int
-    counters: dict[str, float]
+    counters: TableCounters
     last_sequence: dict[str, int]
     max_priority: float = 1.0
     extra: dict = field(default_factory=dict)
@@ -124,11 +111,13 @@ class Table:
         self.name = config.name
         self._rng = np.random.default_rng(seed)
         self._cond = threading.Condition(threading.Lock())
+        # What the table has done (the limiter counts inserts and samples into it too); see `stats`.
+        self._counters = TableCounters()
         self._limiter = RateLimiter(
-            config.samples_per_insert, config.min_size_to_sample, config.resolved_error_buffer
+            config.samples_per_insert, config.min_size_to_sample, config.resolved_error_buffer, self._counters
         )
         self._remover = FifoRemover()
-        self._sampler: Sampler = (
+        self._sampler: ItemSampler = (
             PrioritizedSampler(config.capacity, config.priority_exponent)
             if config.sampler == "prioritized"
             else UniformSampler(config.capacity)
@@ -139,11 +128,6 @@ class Table:
             self._set_spec(TableSpec.from_config(config.spec))
         self._last_sequence: dict[str, int] = {}
         self._packed_checks: dict[RowLayout, tuple[PackedCheck, bool]] = {}
-        self._inserted_batches = 0
-        self._duplicate_batches = 0
-        self._rejected_batches = 0
-        self._insert_wait_s = 0.0
-        self._sample_wait_s = 0.0
         self._closed = False
 
     # -- public ---------------------------------------------------------------
@@ -167,7 +151,7 @@ class Table:
     ) -> InsertResult:
         """Store a batch (columns, or rows packed as the writer sends them) unless it is a resend.
 
-        Waits while the rate limiter holds inserts back. Raises BatchRejected (nothing
+        Waits while the rate limiter holds inserts back. Raises SpecViolation (nothing
         stored), RateLimiterTimeout or TableClosed.
         """
         packed = batch if isinstance(batch, PackedBatch) else None
@@ -182,9 +166,9 @@ class Table:
                 fields = packed.fields if packed is not None else batch
                 candidate = spec if spec is not None else TableSpec.from_batch(fields)
                 n = candidate.validate(fields)
-        except BatchRejected:
+        except SpecViolation:
             with self._cond:
-                self._rejected_batches += 1
+                self._counters.rejected_batches += 1
             raise
         with self._cond:
             if known is None:
@@ -193,27 +177,27 @@ class Table:
                 elif candidate is not self._spec:
                     try:  # another batch fixed the spec while this one was validated
                         self._spec.validate(fields)
-                    except BatchRejected:
-                        self._rejected_batches += 1
+                    except SpecViolation:
+                        self._counters.rejected_batches += 1
                         raise
                 if packed is not None:
                     known = self._remember_layout(packed.layout)
             if sequence <= self._last_sequence.get(actor_id, -1):
-                self._duplicate_batches += 1
+                self._counters.duplicate_batches += 1
                 return InsertResult(stored=False, table_size=len(self))
             if self._closed or not self._limiter.can_insert(len(self)):
-                self._insert_wait_s += self._wait(
+                self._counters.insert_wait_s += self._wait(
                     lambda: self._limiter.can_insert(len(self)), timeout, is_active, "insert"
                 )
                 if sequence <= self._last_sequence.get(actor_id, -1):  # a resend raced us while we waited
-                    self._duplicate_batches += 1
+                    self._counters.duplicate_batches += 1
                     return InsertResult(stored=False, table_size=len(self))
             if known is not None and known[1]:
                 self._store_rows(packed, n, policy_version)
             else:
                 self._store(fields if fields is not None else packed.fields, n, policy_version)
             self._last_sequence[actor_id] = sequence
-            self._inserted_batches += 1
+            self._counters.inserted_batches += 1
             self._cond.notify_all()
             return InsertResult(stored=True, table_size=len(self))
 
@@ -223,20 +207,20 @@ class Table:
         *,
         timeout: float | None = None,
         is_active: Callable[[], bool] | None = None,
-    ) -> SampledBatch:
+    ) -> SampledRows:
         """Draw `batch_size` items (with replacement); waits for min size and the rate limiter."""
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         limiter = self._limiter
         with self._cond:
             if self._closed or not limiter.can_sample(len(self)):
-                self._sample_wait_s += self._wait(
+                self._counters.sample_wait_s += self._wait(
                     lambda: limiter.can_sample(len(self)), timeout, is_active, "sample"
                 )
             storage = self._storage
             assert storage is not None  # can_sample implies items
             slots, probs = self._sampler.sample(batch_size, self._rng)
-            batch = SampledBatch(
+            batch = SampledRows(
                 rows=storage.gather(slots),
                 layout=storage.layout,
                 table_size=storage.size,
@@ -253,11 +237,11 @@ class Table:
         keys = np.asarray(keys)
         priorities = np.asarray(priorities, dtype=np.float64)
         if keys.ndim != 1 or priorities.shape != keys.shape:
-            raise BatchRejected("priorities", f"shape {priorities.shape} does not match keys {keys.shape}")
+            raise SpecViolation("priorities", f"shape {priorities.shape} does not match keys {keys.shape}")
         if keys.dtype.kind not in "iu":
-            raise BatchRejected("keys", f"must be integers, got {keys.dtype}")
+            raise SpecViolation("keys", f"must be integers, got {keys.dtype}")
         if not np.isfinite(priorities).all() or (priorities < 0).any():
-            raise BatchRejected("priorities", "must be finite and non-negative")
+            raise SpecViolation("priorities", "must be finite and non-negative")
         with self._cond:
             if self._storage is None:
                 return 0
@@ -268,25 +252,26 @@ class Table:
             return int(live.sum())
 
     def stats(self) -> TableStats:
+        """The table's counters and what describes it now (what the shard's Info reports)."""
+        config = self.config
+        target = config.samples_per_insert
         with self._cond:
-            lim = self._limiter
-            return TableStats(
-                name=self.name,
-                size=len(self),
-                capacity=self.config.capacity,
-                inserts=lim.inserts,
-                samples=lim.samples,
-                inserted_batches=self._inserted_batches,
-                duplicate_batches=self._duplicate_batches,
-                rejected_batches=self._rejected_batches,
-                samples_per_insert=lim.samples / lim.inserts if lim.inserts else 0.0,
-                insert_wait_s=self._insert_wait_s,
-                sample_wait_s=self._sample_wait_s,
-                sampler=self._sampler.name,
-                spec=self._spec,
-                target_samples_per_insert=self.config.samples_per_insert,
-                min_size_to_sample=self.config.min_size_to_sample,
-            )
+            counters = self._counters.to_dict()
+            spec = self._spec
+            size = len(self)
+        return TableStats(
+            **counters,
+            name=self.name,
+            size=size,
+            capacity=config.capacity,
+            samples_per_insert=counters["samples"] / counters["inserts"] if counters["inserts"] else 0.0,
+            sampler=self._sampler.name,
+            spec={}
+            if spec is None
+            else {f.name: FieldSpecInfo(str(f.dtype), list(f.shape)) for f in spec.fields.values()},
+            target_samples_per_insert=target if target is not None and math.isfinite(target) else 0.0,
+            min_size_to_sample=config.min_size_to_sample,
+        )
 
     def close(self) -> None:
         with self._cond:
@@ -316,15 +301,7 @@ class Table:
                 policy_version=policy_version,
                 priorities=self._sampler.priorities(slots).astype(np.float64),
                 next_key=0 if storage is None else storage.next_key,
-                counters={
-                    "inserts": self._limiter.inserts,
-                    "samples": self._limiter.samples,
-                    "inserted_batches": self._inserted_batches,
-                    "duplicate_batches": self._duplicate_batches,
-                    "rejected_batches": self._rejected_batches,
-                    "insert_wait_s": self._insert_wait_s,
-                    "sample_wait_s": self._sample_wait_s,
-                },
+                counters=self._counters.copy(),
                 last_sequence=dict(self._last_sequence),
                 max_priority=getattr(self._sampler, "max_priority", 1.0),
             )
@@ -335,10 +312,7 @@ class Table:
         table = cls(config, seed)
         if snap.spec is not None:
             if table._spec is not None and table._spec != snap.spec:
-                raise ValueError(
-                    f"table {config.name!r}: checkpoint spec {snap.spec.to_config()} differs from the "
-                    f"configured spec {table._spec.to_config()}"
-                )
+                raise ValueError(f"table {config.name!r}: {_spec_difference(snap.spec, table._spec)}")
             if table._spec is None:
                 table._set_spec(snap.spec)
         keys = snap.keys
@@ -368,14 +342,7 @@ class Table:
                 table._sampler.max_priority = max(snap.max_priority, table._sampler.max_priority)
         if storage is not None:
             storage.next_key = snap.next_key
-        c = snap.counters
-        table._limiter.inserts = int(c.get("inserts", 0))
-        table._limiter.samples = int(c.get("samples", 0))
-        table._inserted_batches = int(c.get("inserted_batches", 0))
-        table._duplicate_batches = int(c.get("duplicate_batches", 0))
-        table._rejected_batches = int(c.get("rejected_batches", 0))
-        table._insert_wait_s = float(c.get("insert_wait_s", 0.0))
-        table._sample_wait_s = float(c.get("sample_wait_s", 0.0))
+        table._counters = table._limiter.counters = snap.counters.copy()
         table._last_sequence = {k: int(v) for k, v in snap.last_sequence.items()}
         return table
 
@@ -456,3 +423,24 @@ class Table:
                 )
             self._cond.wait(min(remaining, _POLL_S))
         return time.monotonic() - start
+
+
+def _spec_difference(saved: TableSpec, configured: TableSpec) -> str:
+    """Which fields a checkpoint's spec lacks, adds or stores differently from the configured one."""
+    old, new = saved.fields, configured.fields
+    parts = []
+    missing = sorted(set(new) - set(old))
+    if missing:
+        parts.append(
+            f"the checkpoint has no field {', '.join(map(repr, missing))} that the configured table needs"
+        )
+    extra = sorted(set(old) - set(new))
+    if extra:
+        parts.append(f"it holds field(s) {', '.join(map(repr, extra))} the configured table does not")
+    changed = [n for n in sorted(set(old) & set(new)) if old[n] != new[n]]
+    parts += [f"field {n!r} is {old[n].describe()} there, {new[n].describe()} here" for n in changed]
+    return (
+        "the replay checkpoint does not match the configured spec: "
+        + "; ".join(parts)
+        + " (the experiment's algorithm or demos.placement changed since it was written?)"
+    )

@@ -31,8 +31,9 @@ from distrl.replay.connections import (
     status_of,
 )
 from distrl.replay.messages import pack_transition_batch
-from distrl.replay.server import REJECTED_FIELD_KEY, SERVICE_NAME
+from distrl.replay.protocol import REJECTED_FIELD_KEY, SERVICE_NAME
 from distrl.wire.codec import CompressionName
+from distrl.wire.retry import Backoff
 
 if TYPE_CHECKING:
     from distrl.replay.client import ReplayClient
@@ -40,10 +41,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NUMBERED = re.compile(r"(.*)-([0-9]+)", re.DOTALL)
+# The longest a writer waits before going round the shards again.
+_MAX_ROUND_BACKOFF_S = 5.0
 
 
-class BatchRejectedError(ValueError):
-    """A shard rejected one batch; `field` names the offending field, `sequence` the batch."""
+class InsertRejectedError(ValueError):
+    """The writer's report that a shard rejected one of its batches (`spec.SpecViolation` on the shard).
+
+    `field` names the offending field, `sequence` the batch.
+    """
 
     def __init__(self, actor_id: str, sequence: int, field: str, message: str) -> None:
         super().__init__(message)
@@ -55,6 +61,7 @@ class BatchRejectedError(ValueError):
 @dataclass
 class WriterStats:
     batches_sent: int = 0
+    bytes_sent: int = 0  # serialized TransitionBatch bytes queued (after compression), resends excluded
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
@@ -170,11 +177,13 @@ class ReplayWriter:
         self._stream: _InsertStream | None = None
         # True while a failed stream's reader thread picks (and may back off before) the next shard.
         self._reconnecting = False
-        self._rejections: deque[BatchRejectedError] = deque()
+        self._rejections: deque[InsertRejectedError] = deque()
         self._fatal: ReplayClientError | None = None
         self._closed = False
         self._stop = threading.Event()
         self._failures_since_ack = 0
+        # Waits between rounds of the shards, once every shard failed since the last ack.
+        self._round_backoff = Backoff(client.retry_interval_s, _MAX_ROUND_BACKOFF_S)
         self._next_probe = 0.0
         self._probing = False
         self._home_ready = False
@@ -203,7 +212,7 @@ class ReplayWriter:
         Blocks while `max_in_flight` batches are unacked (the shard's rate limiter
         holds acks back). Raises ValueError naming a field that cannot be packed (a
         scalar, a length that differs from the first field's, an unsupported dtype),
-        BatchRejectedError for an earlier batch the shard rejected (this call's batch is
+        InsertRejectedError for an earlier batch the shard rejected (this call's batch is
         then not queued), ReplayClientError on unrecoverable errors and TimeoutError when
         the window stays full for `timeout`.
         """
@@ -231,6 +240,7 @@ class ReplayWriter:
             self._next_sequence += 1
             self._unacked.append(request)
             self._stats.batches_sent += 1
+            self._stats.bytes_sent += request.ByteSize()
             if self._stream is not None:
                 self._stream.send(request)
             elif not self._reconnecting:
@@ -241,7 +251,7 @@ class ReplayWriter:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued batch is acked.
 
-        Raises TimeoutError, BatchRejectedError (a batch the shard rejected) or ReplayClientError.
+        Raises TimeoutError, InsertRejectedError (a batch the shard rejected) or ReplayClientError.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -326,7 +336,7 @@ class ReplayWriter:
                     bad = self._unacked.popleft()
                     self._stats.rejected += 1
                     self._rejections.append(
-                        BatchRejectedError(self.actor_id, bad.sequence, _rejected_field(error), details)
+                        InsertRejectedError(self.actor_id, bad.sequence, _rejected_field(error), details)
                     )
             elif code in FATAL_CODES:
                 self._fatal = ReplayClientError(
@@ -343,10 +353,8 @@ class ReplayWriter:
                 self._failures_since_ack += 1
                 self._stats.failovers += 1
                 target = (target + 1) % len(self._shards)
-                if self._failures_since_ack >= len(self._shards):
-                    # Every shard failed since the last ack: back off before going round again.
-                    rounds = self._failures_since_ack // len(self._shards)
-                    delay = min(self._client.retry_interval_s * 2 ** (rounds - 1), 5.0)
+                # Once every shard failed since the last ack, back off before going round again.
+                delay = self._round_backoff.delay(self._failures_since_ack // len(self._shards))
                 log.info(
                     "writer %s: shard %s failed (%s: %s)", self.actor_id, stream.shard.address, code, details
                 )

@@ -136,7 +136,7 @@ def evaluate_run(
 ) -> None:
     """Evaluate the newest checkpoint's deterministic policy."""
     from distrl.actors.evaluator import evaluate
-    from distrl.algos import SpaceSpec, make_algorithm
+    from distrl.algos import make_algorithm
     from distrl.config import load_config
     from distrl.learners import checkpoint as ckpt
 
@@ -146,8 +146,7 @@ def evaluate_run(
         typer.echo(f"error: no learner checkpoint in {run_dir / 'checkpoints'}", err=True)
         raise typer.Exit(1)
     state = ckpt.load_checkpoint(path)
-    obs_dim, action_dim = state["space"]
-    algo = make_algorithm(cfg.algo.name, SpaceSpec(obs_dim, action_dim), cfg.algo.params(), "cpu")
+    algo = make_algorithm(cfg.algo.name, ckpt.checkpoint_space(state), cfg.algo.params(), "cpu")
     algo.load_state_dict(state["algo"])
     result = evaluate(algo.make_policy(), cfg.env, episodes, seed=seed)
     out = {"checkpoint": str(path), "updates": int(state["updates"]), **result.to_dict()}

@@ -21,11 +21,13 @@ from pathlib import Path
 import yaml
 
 from distrl.config import ExperimentConfig
+from distrl.experiment import replay_table_config
 from distrl.replay.config import ReplayShardConfig
 from distrl.runtime import scaling
 from distrl.runtime.process import ChildProcess, ComponentFailed, distrl_argv
 from distrl.runtime.run import CONFIG_FILE, RunResult, coordinated_run, finished_reason, prepare_run_dir
 from distrl.telemetry import Coordinator
+from distrl.wire.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class LocalLauncher:
             server=server,
             restartable=restartable,
             env=_token_env(self.config),
-            backoff_s=self.config.actors.restart_backoff_s,
+            restart_backoff=Backoff(self.config.actors.restart_backoff_s, MAX_BACKOFF_S),
         )
         self.children[name] = child
         return child
@@ -81,7 +83,7 @@ class LocalLauncher:
         shards = []
         for k in range(cfg.replay.num_shards):
             shard_cfg = ReplayShardConfig(
-                tables=[cfg.replay.table],
+                tables=[replay_table_config(cfg)],
                 checkpoint_dir=self.run_dir / "replay" / f"shard-{k}",
                 checkpoint_every_s=cfg.replay.checkpoint_every_s,
                 seed=cfg.seed * 1000 + k,
@@ -171,7 +173,7 @@ class LocalLauncher:
                             f"{child.name} exited with code {code} and will not be restarted; "
                             f"see {child.log_path}"
                         )
-                    delay = min(child.backoff_s * 2**child.restarts, MAX_BACKOFF_S)
+                    delay = child.restart_backoff.delay(child.restarts + 1)
                     child.next_restart_at = now + delay
                     log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
                     coordinator.note(f"{child.name} exited (code {code}); restart in {delay:.1f}s")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distrl.wire.lifecycle import PARENT_ENV
+from distrl.wire.retry import Backoff
 
 LISTENING = "listening on "
 
@@ -33,7 +34,8 @@ class ChildProcess:
     proc: subprocess.Popen | None = None
     address: str | None = None
     restarts: int = 0
-    backoff_s: float = 1.0
+    # The n-th restart waits `restart_backoff.delay(n)`; the count never resets.
+    restart_backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
     next_restart_at: float | None = None
     _log: object = None
 

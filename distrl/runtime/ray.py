@@ -46,6 +46,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from distrl.config import ExperimentConfig, RayConfig
+from distrl.experiment import replay_table_config
 from distrl.replay.config import ReplayShardConfig
 from distrl.runtime import scaling
 from distrl.runtime.process import ComponentFailed
@@ -238,7 +239,7 @@ class RayLauncher:
     def _shard_data(self, k: int) -> dict[str, Any]:
         cfg = self.config
         shard = ReplayShardConfig(
-            tables=[cfg.replay.table],
+            tables=[replay_table_config(cfg)],
             checkpoint_dir=self.run_dir / "replay" / f"shard-{k}",
             checkpoint_every_s=cfg.replay.checkpoint_every_s,
             seed=cfg.seed * 1000 + k,

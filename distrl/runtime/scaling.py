@@ -77,7 +77,7 @@ def actor_count_warning(config: ExperimentConfig, actors: int) -> str | None:
 
     Actors write to consecutive shards (`home_shard`), so N >= K actors cover all K shards. With
     fewer, the shards nobody writes to keep their data, but once their rate limiter stops them
-    the learner samples only the shards that get new data (see `distrl.replay.sampler`).
+    the learner samples only the shards that get new data (see `distrl.replay.prefetch`).
     """
     shards = config.replay.num_shards
     if actors >= shards:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import random
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from distrl.telemetry.aggregate import Reduction, reduction_for
+from distrl.wire.retry import Backoff
 from distrl.wire.security import SecurityConfig
 
 log = logging.getLogger(__name__)
@@ -249,10 +249,11 @@ class TelemetryReporter:
         from distrl.proto.v1 import telemetry_pb2_grpc
 
         stub = telemetry_pb2_grpc.TelemetryStub(self._channel)
-        failures = 0
+        # After failed sends, wait longer than the interval before the next try.
+        backoff = Backoff(self.interval_s, MAX_BACKOFF_S, jitter=0.25)
+        delay = self.interval_s
         last_sent = time.monotonic()
         while True:
-            delay = self.interval_s if failures == 0 else _backoff(self.interval_s, failures)
             stopping = self._stop.wait(delay)
             heartbeat = time.monotonic() - last_sent >= max(HEARTBEAT_S, self.interval_s)
             timeout = RPC_TIMEOUT_S
@@ -263,12 +264,13 @@ class TelemetryReporter:
             outcome = self._send(stub, heartbeat or stopping, timeout)
             if outcome is not None:
                 if outcome:
-                    if failures:
+                    if backoff.failures:
                         log.info("%s: telemetry reconnected to %s", self.source, self.address)
-                    failures = 0
+                    backoff.reset()
+                    delay = self.interval_s
                     last_sent = time.monotonic()
                 else:
-                    failures += 1
+                    delay = backoff.failed()
             if stopping:
                 return
 
@@ -325,8 +327,3 @@ class TelemetryReporter:
                     gauge.merge_older(older)
             events = taken.events + self._pending.events
             self._pending.events = events[-self._max_events :]
-
-
-def _backoff(interval_s: float, failures: int) -> float:
-    base = min(MAX_BACKOFF_S, interval_s * 2 ** min(failures - 1, 10))
-    return base * random.uniform(0.75, 1.0)

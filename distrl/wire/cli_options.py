@@ -1,4 +1,8 @@
-"""Command-line options shared by every server and client command."""
+"""Command-line options shared by the component commands.
+
+Security and networking for every server and client, and where a component
+finds its experiment config and its peers (actors, evaluator and learner alike).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,24 @@ KeepaliveOpt = Annotated[float, typer.Option("--keepalive-s", help="HTTP/2 keepa
 KeepaliveTimeoutOpt = Annotated[float, typer.Option("--keepalive-timeout-s", help="keepalive ping timeout")]
 HostOpt = Annotated[str, typer.Option("--host", help="interface to bind (0.0.0.0 for all)")]
 PortOpt = Annotated[int, typer.Option("--port", help="port to listen on; 0 picks a free one")]
+
+# A launcher passes these as flags; a Kubernetes pod gets them from its environment.
+ConfigOpt = Annotated[Path, typer.Option("--config", help="experiment config (YAML)", envvar="DISTRL_CONFIG")]
+ReplayOpt = Annotated[
+    str, typer.Option("--replay", help="comma-separated replay shard addresses", envvar="DISTRL_REPLAY")
+]
+ParamsOpt = Annotated[str, typer.Option("--params", help="parameter server address", envvar="DISTRL_PARAMS")]
+TelemetryOpt = Annotated[
+    str | None, typer.Option("--telemetry", help="coordinator address", envvar="DISTRL_TELEMETRY")
+]
+
+
+def replay_addresses(replay: str) -> list[str]:
+    """The shard addresses of a `--replay` value; BadParameter when it names none."""
+    shards = [a.strip() for a in replay.split(",") if a.strip()]
+    if not shards:
+        raise typer.BadParameter("give at least one replay shard address", param_hint="--replay")
+    return shards
 
 
 def security_from_options(

@@ -10,14 +10,14 @@ from distrl.algos.sac.learning import (
     soft_q_target,
     temperature_loss,
 )
-from distrl.algos.sac.networks import Actor, CriticEnsemble
+from distrl.algos.sac.networks import CriticEnsemble, TanhGaussianActor
 
 __all__ = [
-    "Actor",
     "CriticEnsemble",
     "SACConfig",
     "SACLearner",
     "SACPolicy",
+    "TanhGaussianActor",
     "actor_loss",
     "bc_loss",
     "critic_loss",

@@ -1,7 +1,7 @@
 """How SAC's pieces are wired: networks from the spec and config, the learner, and the actors' policy.
 
 The same builder serves a single process and a distributed run: learners call `make_learner`,
-actors call `make_policy` and then feed it `policy_state()` dicts that arrive from the learner.
+actors call `make_policy` and then feed it the "policy" parameter set the learner publishes.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from distrl.algos.base import SpaceSpec
+from distrl.algos.base import POLICY_PARAMS, BasePolicy, PolicyStep, SpaceSpec, check_param_tensors
 from distrl.algos.sac.config import SACConfig
 from distrl.algos.sac.learning import SACLearner
-from distrl.algos.sac.networks import Actor, CriticEnsemble
+from distrl.algos.sac.networks import CriticEnsemble, TanhGaussianActor
 
 
-def make_actor(spec: SpaceSpec, config: SACConfig) -> Actor:
-    return Actor(spec.obs_dim, spec.action_dim, config.hidden_sizes, config.log_std_min, config.log_std_max)
+def make_actor(spec: SpaceSpec, config: SACConfig) -> TanhGaussianActor:
+    return TanhGaussianActor(
+        spec.obs_dim, spec.action_dim, config.hidden_sizes, config.log_std_min, config.log_std_max
+    )
 
 
 def make_critic(spec: SpaceSpec, config: SACConfig) -> CriticEnsemble:
@@ -40,44 +42,29 @@ def make_policy(spec: SpaceSpec, config: SACConfig) -> SACPolicy:
     return SACPolicy(spec, make_actor(spec, config), config)
 
 
-class SACPolicy:
+class SACPolicy(BasePolicy):
     """What an actor holds: the tanh-Gaussian actor on the CPU, numpy in and out, inference only."""
 
-    def __init__(self, spec: SpaceSpec, actor: Actor, config: SACConfig) -> None:
+    def __init__(self, spec: SpaceSpec, actor: TanhGaussianActor, config: SACConfig) -> None:
+        super().__init__(spec)
         self.spec = spec
         self.actor = actor.cpu().eval().requires_grad_(False)
         self.config = config
         self._shapes = {name: tuple(t.shape) for name, t in self.actor.state_dict().items()}
 
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """[B, obs_dim] (or [obs_dim]) observations -> float32 actions [B, action_dim] (or [action_dim])."""
-        array = np.asarray(obs, dtype=np.float32)
-        if array.ndim not in (1, 2) or array.shape[-1] != self.spec.obs_dim:
-            raise ValueError(
-                f"obs has shape {array.shape}, expected [B, {self.spec.obs_dim}] or [{self.spec.obs_dim}]"
-            )
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> PolicyStep:
+        """[B, obs_dim] observations -> float32 actions [B, action_dim] (a [obs_dim] obs gives B = 1)."""
+        array, _ = self.check_obs(obs)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(array))
             action = self.actor.deterministic(x) if deterministic else self.actor.sample(x)[0]
-        return action.numpy()
+        return PolicyStep(action.numpy())
 
-    def load_policy_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Copy in weights from `SACLearner.policy_state()`; bad names, shapes or non-finite values raise."""
-        names, expected = set(state), set(self._shapes)
-        if names != expected:
+    def load_params(self, param_set: str, tensors: Mapping[str, np.ndarray]) -> None:
+        """Copy in weights from `SACLearner.params("policy")`; bad names, shapes or values raise."""
+        if param_set != POLICY_PARAMS:
             raise ValueError(
-                f"policy state does not match the SAC actor: missing {sorted(expected - names)}, "
-                f"unexpected {sorted(names - expected)}"
+                f"SAC's policy loads only the {POLICY_PARAMS!r} parameter set, not {param_set!r}"
             )
-        arrays = {}
-        for name, value in state.items():
-            array = np.asarray(value)
-            if array.shape != self._shapes[name]:
-                raise ValueError(
-                    f"policy state {name!r} has shape {array.shape}, expected {self._shapes[name]}"
-                )
-            if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
-                raise ValueError(f"policy state {name!r} must hold finite floats (dtype {array.dtype})")
-            arrays[name] = torch.tensor(array, dtype=torch.float32)
         # Checked first, copied after: a refused state leaves the old weights whole.
-        self.actor.load_state_dict(arrays)
+        self.actor.load_state_dict(check_param_tensors("SAC policy parameters", tensors, self._shapes))

@@ -28,16 +28,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from distrl.algos.base import BatchError, SpaceSpec, check_batch
+from distrl.algos.base import (
+    DEMO_FLAG,
+    POLICY_PARAMS,
+    STEPS_FIELD,
+    BatchError,
+    ParamSetSpec,
+    SpaceSpec,
+    base_fields,
+    check_batch,
+)
 from distrl.algos.sac.config import SACConfig
-from distrl.algos.sac.networks import Actor, CriticEnsemble, gaussian_tanh_log_prob
+from distrl.algos.sac.networks import CriticEnsemble, TanhGaussianActor, gaussian_tanh_log_prob
 
 # --------------------------------------------------------------------------------------------
 # Losses
 
 
 def soft_q_target(
-    actor: Actor,
+    actor: TanhGaussianActor,
     target_critic: CriticEnsemble,
     next_obs: torch.Tensor,
     reward: torch.Tensor,
@@ -70,7 +79,11 @@ def critic_loss(
 
 
 def actor_loss(
-    actor: Actor, critic: CriticEnsemble, obs: torch.Tensor, alpha: torch.Tensor, reduce: str = "min"
+    actor: TanhGaussianActor,
+    critic: CriticEnsemble,
+    obs: torch.Tensor,
+    alpha: torch.Tensor,
+    reduce: str = "min",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """E[alpha log pi(a|s) - Q(s, a)], a ~ pi(s), against a fixed critic; returns (loss, log pi [B])."""
     action, log_prob = actor.sample(obs)
@@ -88,13 +101,15 @@ def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_ent
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
 
 
-def bc_loss(actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def bc_loss(
+    actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
     """Behaviour cloning of the tanh-Gaussian policy: the batch mean of `bc_loss_per_item`."""
     return bc_loss_per_item(actor, obs, action, eps).mean()
 
 
 def bc_loss_per_item(
-    actor: Actor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5
+    actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-5
 ) -> torch.Tensor:
     """Behaviour cloning per item [B], summed over action dims: the squared error of the
     deterministic action tanh(mean) to the demonstrated one, plus the negative log-likelihood of
@@ -113,7 +128,7 @@ def bc_loss_per_item(
 
 
 def demo_bc_term(
-    actor: Actor,
+    actor: TanhGaussianActor,
     critic: CriticEnsemble,
     obs: torch.Tensor,
     action: torch.Tensor,
@@ -187,11 +202,13 @@ class SACLearner:
     Implements `distrl.algos.base.Algorithm`. Batches must already be on `device`.
     """
 
+    can_pretrain = True
+
     def __init__(
         self,
         spec: SpaceSpec,
         config: SACConfig,
-        actor: Actor,
+        actor: TanhGaussianActor,
         critic: CriticEnsemble,
         device: torch.device,
         make_policy: Callable[[], Any],
@@ -199,6 +216,8 @@ class SACLearner:
         self.spec = spec
         self.config = config
         self.device = device
+        self.fields = base_fields(spec)
+        self.batches_per_update = config.utd_ratio
         self.actor = actor.to(device)
         self.critic = critic.to(device)
         self.target_critic = CriticEnsemble(
@@ -230,7 +249,7 @@ class SACLearner:
         self.num_updates = 0
         self.num_critic_updates = 0
         self.num_actor_updates = 0
-        self.extras: dict[str, torch.Tensor] = {}
+        self._priorities: torch.Tensor | None = None
 
         # The CPU default runs the steps eagerly. `compile` wraps them in torch.compile; `cuda_graphs`
         # then captures (compiled or eager) steps in CUDA graphs and replays them.
@@ -329,7 +348,7 @@ class SACLearner:
         """utd_ratio critic steps and (every actor_update_interval calls) one actor/temperature step.
 
         `batch` holds utd_ratio * B online items; `demo_batch`, when given, is split the same way and
-        appended to every minibatch. `extras["td_error"]` then holds |TD| per online item, in order.
+        appended to every minibatch. `priorities()` then holds |TD| per online item, in order.
         """
         minibatches, num_online = self._minibatches(batch, demo_batch)
         critic_metrics: list[torch.Tensor] = []
@@ -348,7 +367,7 @@ class SACLearner:
                 actor_metrics = self._actor_step_fn(*self._actor_inputs(minibatches))
                 self.num_actor_updates += 1
 
-        self.extras = {"td_error": td_errors[0] if len(td_errors) == 1 else torch.cat(td_errors)}
+        self._priorities = td_errors[0] if len(td_errors) == 1 else torch.cat(td_errors)
         # One device->host transfer for all metrics.
         values = torch.cat([*critic_metrics, *([] if actor_metrics is None else [actor_metrics])]).tolist()
         names = CRITIC_METRICS + (SOURCE_METRICS if minibatches[0].demo_mask is not None else ())
@@ -388,7 +407,11 @@ class SACLearner:
             )
         return bc_loss(self.actor, obs, action, self.config.bc_action_eps)
 
-    def pretrain_bc(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def priorities(self) -> torch.Tensor | None:
+        """|TD error| per online item of the last update (mean over the ensemble), on `device`."""
+        return self._priorities
+
+    def pretrain_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """One behaviour-cloning step of the actor on a batch with obs and action (see `bc_loss`)."""
         with torch.enable_grad():
             loss = self.bc_loss(batch)
@@ -402,8 +425,13 @@ class SACLearner:
             values = torch.stack([loss.detach(), action_mse, entropy]).tolist()
         return dict(zip(BC_METRICS, values, strict=True))
 
-    def policy_state(self) -> dict[str, np.ndarray]:
+    def param_sets(self) -> tuple[ParamSetSpec, ...]:
+        return (ParamSetSpec(POLICY_PARAMS),)
+
+    def params(self, param_set: str) -> dict[str, np.ndarray]:
         """float32 numpy copies of the actor's weights (copies: the learner keeps updating in place)."""
+        if param_set != POLICY_PARAMS:
+            raise KeyError(f"SAC publishes only the {POLICY_PARAMS!r} parameter set, not {param_set!r}")
         return {
             name: tensor.detach().to("cpu", torch.float32, copy=True).numpy()
             for name, tensor in self.actor.state_dict().items()
@@ -411,7 +439,7 @@ class SACLearner:
 
     def make_policy(self) -> Any:
         policy = self._make_policy()
-        policy.load_policy_state(self.policy_state())
+        policy.load_params(POLICY_PARAMS, self.params(POLICY_PARAMS))
         return policy
 
     def state_dict(self) -> dict[str, Any]:
@@ -459,7 +487,7 @@ class SACLearner:
     ) -> tuple[list[_Minibatch], int]:
         """Split into utd_ratio minibatches, append the demo share to each; also returns the online size."""
         utd = self.config.utd_ratio
-        size = check_batch(batch, self.spec, self.device, "batch")
+        size = check_batch(batch, self.fields, self.device, "batch")
         if size % utd:
             raise BatchError(f"batch size {size} is not divisible by utd_ratio {utd}")
         online = _columns(batch, self.config.gamma, source_is_demo=False)
@@ -467,7 +495,7 @@ class SACLearner:
             parts = [{key: _rows(col, i, size // utd) for key, col in online.items()} for i in range(utd)]
             return [_Minibatch(**part) for part in parts], size // utd
 
-        demo_size = check_batch(demo_batch, self.spec, self.device, "demo_batch")
+        demo_size = check_batch(demo_batch, self.fields, self.device, "demo_batch")
         if demo_size % utd:
             raise BatchError(f"demo_batch size {demo_size} is not divisible by utd_ratio {utd}")
         demo = _columns(demo_batch, self.config.gamma, source_is_demo=True)
@@ -493,10 +521,14 @@ class SACLearner:
 def _columns(
     batch: Mapping[str, torch.Tensor], gamma: float, source_is_demo: bool
 ) -> dict[str, torch.Tensor | None]:
-    """The minibatch columns of one source; `discount` = gamma * (1 - terminated) (truncation never cuts)."""
+    """The minibatch columns of one source; `discount` = gamma^k * (1 - terminated) for a decision
+    that executed k env steps (k = 1 without a step count); truncation never cuts the bootstrap."""
     terminated = batch["terminated"]
     not_terminated = ~terminated if terminated.dtype == torch.bool else 1.0 - terminated
-    demo_mask = batch.get("is_demo")
+    discount = gamma * not_terminated
+    if STEPS_FIELD in batch:
+        discount = gamma ** batch[STEPS_FIELD].to(batch["reward"].dtype) * not_terminated
+    demo_mask = batch.get(DEMO_FLAG)
     if source_is_demo:
         demo_mask = torch.ones_like(batch["reward"])
     elif demo_mask is not None:
@@ -506,7 +538,7 @@ def _columns(
         "action": batch["action"],
         "reward": batch["reward"],
         "next_obs": batch["next_obs"],
-        "discount": gamma * not_terminated,
+        "discount": discount,
         "weights": batch.get("weights"),
         "demo_mask": demo_mask,
     }

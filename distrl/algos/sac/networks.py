@@ -18,7 +18,7 @@ def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
     return 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))
 
 
-class Actor(nn.Module):
+class TanhGaussianActor(nn.Module):
     """obs -> tanh(N(mean, std)): a ReLU MLP with one head producing mean and log-std together.
 
     The log-std head is squashed into [log_std_min, log_std_max] with tanh (CleanRL's bounds,

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from distrl.proto.v1 import tensor_pb2 as distrl_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64istrl/v1/params.proto\x12\tdistrl.v1\x1a\x16\x64istrl/v1/tensor.proto\"\xf9\x01\n\nParamChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1f\n\x05\x64type\x18\x03 \x01(\x0e\x32\x10.distrl.v1.DType\x12\r\n\x05shape\x18\x04 \x03(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x16\n\x0e\x65nd_of_version\x18\x07 \x01(\x08\x12\x35\n\x08metadata\x18\x08 \x03(\x0b\x32#.distrl.v1.ParamChunk.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0fPublishResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\")\n\x10SubscribeRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"#\n\x0c\x46\x65tchRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\"\x13\n\x11ParamsInfoRequest\"\xa1\x01\n\x12ParamsInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\x03\x12\x11\n\tnum_bytes\x18\x03 \x01(\x03\x12\x13\n\x0bsubscribers\x18\x04 \x01(\x03\x12\x11\n\tpublishes\x18\x05 \x01(\x03\x12\x1b\n\x13last_publish_unix_s\x18\x06 \x01(\x01\x12\r\n\x05names\x18\x07 \x03(\t2\x8f\x02\n\nParameters\x12>\n\x07Publish\x12\x15.distrl.v1.ParamChunk\x1a\x1a.distrl.v1.PublishResponse(\x01\x12\x41\n\tSubscribe\x12\x1b.distrl.v1.SubscribeRequest\x1a\x15.distrl.v1.ParamChunk0\x01\x12\x39\n\x05\x46\x65tch\x12\x17.distrl.v1.FetchRequest\x1a\x15.distrl.v1.ParamChunk0\x01\x12\x43\n\x04Info\x12\x1c.distrl.v1.ParamsInfoRequest\x1a\x1d.distrl.v1.ParamsInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64istrl/v1/params.proto\x12\tdistrl.v1\x1a\x16\x64istrl/v1/tensor.proto\"\x8c\x02\n\nParamChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1f\n\x05\x64type\x18\x03 \x01(\x0e\x32\x10.distrl.v1.DType\x12\r\n\x05shape\x18\x04 \x03(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x16\n\x0e\x65nd_of_version\x18\x07 \x01(\x08\x12\x35\n\x08metadata\x18\x08 \x03(\x0b\x32#.distrl.v1.ParamChunk.MetadataEntry\x12\x11\n\tparam_set\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\"\n\x0fPublishResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\"<\n\x10SubscribeRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\x12\x11\n\tparam_set\x18\x02 \x01(\t\"6\n\x0c\x46\x65tchRequest\x12\x13\n\x0bmin_version\x18\x01 \x01(\x03\x12\x11\n\tparam_set\x18\x02 \x01(\t\"&\n\x11ParamsInfoRequest\x12\x11\n\tparam_set\x18\x01 \x01(\t\"\xc2\x01\n\x12ParamsInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\x03\x12\x11\n\tnum_bytes\x18\x03 \x01(\x03\x12\x13\n\x0bsubscribers\x18\x04 \x01(\x03\x12\x11\n\tpublishes\x18\x05 \x01(\x03\x12\x1b\n\x13last_publish_unix_s\x18\x06 \x01(\x01\x12\r\n\x05names\x18\x07 \x03(\t\x12\x11\n\tparam_set\x18\x08 \x01(\t\x12\x0c\n\x04sets\x18\t \x03(\t2\x8f\x02\n\nParameters\x12>\n\x07Publish\x12\x15.distrl.v1.ParamChunk\x1a\x1a.distrl.v1.PublishResponse(\x01\x12\x41\n\tSubscribe\x12\x1b.distrl.v1.SubscribeRequest\x1a\x15.distrl.v1.ParamChunk0\x01\x12\x39\n\x05\x46\x65tch\x12\x17.distrl.v1.FetchRequest\x1a\x15.distrl.v1.ParamChunk0\x01\x12\x43\n\x04Info\x12\x1c.distrl.v1.ParamsInfoRequest\x1a\x1d.distrl.v1.ParamsInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARAMCHUNK_METADATAENTRY']._loaded_options = None
   _globals['_PARAMCHUNK_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PARAMCHUNK']._serialized_start=62
-  _globals['_PARAMCHUNK']._serialized_end=311
-  _globals['_PARAMCHUNK_METADATAENTRY']._serialized_start=264
-  _globals['_PARAMCHUNK_METADATAENTRY']._serialized_end=311
-  _globals['_PUBLISHRESPONSE']._serialized_start=313
-  _globals['_PUBLISHRESPONSE']._serialized_end=347
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=349
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=390
-  _globals['_FETCHREQUEST']._serialized_start=392
-  _globals['_FETCHREQUEST']._serialized_end=427
-  _globals['_PARAMSINFOREQUEST']._serialized_start=429
-  _globals['_PARAMSINFOREQUEST']._serialized_end=448
-  _globals['_PARAMSINFORESPONSE']._serialized_start=451
-  _globals['_PARAMSINFORESPONSE']._serialized_end=612
-  _globals['_PARAMETERS']._serialized_start=615
-  _globals['_PARAMETERS']._serialized_end=886
+  _globals['_PARAMCHUNK']._serialized_end=330
+  _globals['_PARAMCHUNK_METADATAENTRY']._serialized_start=283
+  _globals['_PARAMCHUNK_METADATAENTRY']._serialized_end=330
+  _globals['_PUBLISHRESPONSE']._serialized_start=332
+  _globals['_PUBLISHRESPONSE']._serialized_end=366
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=368
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=428
+  _globals['_FETCHREQUEST']._serialized_start=430
+  _globals['_FETCHREQUEST']._serialized_end=484
+  _globals['_PARAMSINFOREQUEST']._serialized_start=486
+  _globals['_PARAMSINFOREQUEST']._serialized_end=524
+  _globals['_PARAMSINFORESPONSE']._serialized_start=527
+  _globals['_PARAMSINFORESPONSE']._serialized_end=721
+  _globals['_PARAMETERS']._serialized_start=724
+  _globals['_PARAMETERS']._serialized_end=995
 # @@protoc_insertion_point(module_scope)

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class ParametersStub:
-    """Parameter server: the latest policy weights, versioned.
+    """Parameter server: named parameter sets (the policy weights, a frozen base
+    model, a shield's barrier, ...), each with its own increasing version
+    numbers. Every request names its set; the empty string means "policy".
     """
 
     def __init__(self, channel):
@@ -59,7 +61,9 @@ class ParametersStub:
 
 
 class ParametersServicer:
-    """Parameter server: the latest policy weights, versioned.
+    """Parameter server: named parameter sets (the policy weights, a frozen base
+    model, a shield's barrier, ...), each with its own increasing version
+    numbers. Every request names its set; the empty string means "policy".
     """
 
     def Publish(self, request_iterator, context):
@@ -122,7 +126,9 @@ def add_ParametersServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Parameters:
-    """Parameter server: the latest policy weights, versioned.
+    """Parameter server: named parameter sets (the policy weights, a frozen base
+    model, a shield's barrier, ...), each with its own increasing version
+    numbers. Every request names its set; the empty string means "policy".
     """
 
     @staticmethod

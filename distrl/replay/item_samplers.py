@@ -1,7 +1,8 @@
-"""Samplers: which stored items a sample draws. Each sees only slots and priorities.
+"""The shard's item samplers: which stored items a table's sample draws. Each sees only slots and priorities.
 
 Both follow one small interface (insert / update / delete / sample), so a table
-is a composition, not a subclass.
+is a composition, not a subclass. (The learner's side, which cuts learner
+batches from what the shards send, is `prefetch`.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 
-class Sampler(Protocol):
+class ItemSampler(Protocol):
     name: str
 
     def insert(self, slots: np.ndarray) -> None: ...

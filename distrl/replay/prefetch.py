@@ -1,4 +1,6 @@
-"""Sampling across shards: a credit-paced Sample call per shard, learner batches cut in proportion to size.
+"""The learner's prefetcher: a credit-paced Sample call per shard, learner batches cut in proportion to size.
+
+(Which items a shard draws is its table's item sampler, `item_samplers`.)
 
 Every batch a shard streams counts as sampled for its rate limiter, whether or
 not the learner has taken it yet. An open-ended stream lets HTTP/2 flow control
@@ -59,8 +61,8 @@ _GRANT_FRACTION = 2
 
 
 @dataclass
-class SampleBatch:
-    """A learner batch drawn across shards.
+class LearnerBatch:
+    """A learner batch drawn across shards (built from the shards' SampleBatch messages).
 
     Arrays may be read-only, strided views of the received rows; copy before
     writing in place or handing them to code that needs contiguous memory.
@@ -81,7 +83,7 @@ class SampleBatch:
 
 
 @dataclass
-class SamplerStats:
+class PrefetchStats:
     batches: int = 0
     items: int = 0
     # Seconds the shards' streams waited on their rate limiter (DEADLINE_EXCEEDED and re-opened).
@@ -189,10 +191,10 @@ class BatchPrefetcher:
         self._cond = threading.Condition()
         self._feeds = [_ShardFeed(i) for i in range(client.num_shards)]
         # Learner batches with the items each shard contributed (its credit, returned on hand-out).
-        self._ready: deque[tuple[SampleBatch, list[int]]] = deque()
+        self._ready: deque[tuple[LearnerBatch, list[int]]] = deque()
         self._error: ReplayClientError | None = None
         self._stop = threading.Event()
-        self._stats = SamplerStats()
+        self._stats = PrefetchStats()
         self._seed_sizes()
         self._threads = [
             threading.Thread(target=self._run_feed, args=(f,), name=f"replay-sample-{f.index}", daemon=True)
@@ -222,7 +224,7 @@ class BatchPrefetcher:
                 if t.name == client.table and t.size >= max(1, t.min_size_to_sample):
                     feed.size, feed.up = t.size, True
 
-    def get(self, timeout: float | None) -> SampleBatch:
+    def get(self, timeout: float | None) -> LearnerBatch:
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         with self._cond:
@@ -251,9 +253,9 @@ class BatchPrefetcher:
             finally:
                 self._stats.starved_wait_s += time.monotonic() - start
 
-    def stats(self) -> SamplerStats:
+    def stats(self) -> PrefetchStats:
         with self._cond:
-            s = SamplerStats(**{k: v for k, v in self._stats.__dict__.items() if not isinstance(v, list)})
+            s = PrefetchStats(**{k: v for k, v in self._stats.__dict__.items() if not isinstance(v, list)})
             s.shards_up = [f.up for f in self._feeds]
             s.shards_held_back = [f.held_back for f in self._feeds]
             s.shard_sizes = [f.size for f in self._feeds]
@@ -316,7 +318,7 @@ class BatchPrefetcher:
                 if stop.is_set() or not self._call_failed(feed, exc, shard.address):
                     return
             except TensorDecodeError as exc:
-                log.warning("malformed SampleBatch from %s: %s; reconnecting", shard.address, exc)
+                log.warning("malformed SampleBatch message from %s: %s; reconnecting", shard.address, exc)
                 self._drop(feed)
                 stop.wait(client.retry_interval_s)
             finally:
@@ -435,7 +437,7 @@ def _ones(n: int) -> np.ndarray:
     return ones
 
 
-def _concatenate(parts: list[tuple[int, int, list[DecodedSample]]], n: int) -> SampleBatch:
+def _concatenate(parts: list[tuple[int, int, list[DecodedSample]]], n: int) -> LearnerBatch:
     pieces = [p for _, _, ps in parts for p in ps]
     first = pieces[0]
     names = first.layout.field_names
@@ -470,7 +472,7 @@ def _concatenate(parts: list[tuple[int, int, list[DecodedSample]]], n: int) -> S
         weights = np.concatenate([np.ones(p.size) if p.weights is None else p.weights for p in pieces])
         top = weights.max()
         weights = weights / top if top > 0 else np.ones_like(weights)
-    return SampleBatch(
+    return LearnerBatch(
         fields={name: rows[name] for name in names},
         keys=rows[KEYS],
         shard=shard,

@@ -12,6 +12,10 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +108,50 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a short run for CI smoke tests")
     p.add_argument("--json", type=Path, help="write the results here as JSON")
     return p
+
+
+@dataclass
+class TrainRun:
+    """`distrl train` in a subprocess; a thread notes when it exits (what runs beside it may go on)."""
+
+    proc: subprocess.Popen
+    run_dir: Path
+    start: float
+    end: float | None = None
+    waiter: threading.Thread | None = None
+
+    def wait(self) -> float:
+        """The run's wall time, once it has exited."""
+        assert self.waiter is not None
+        self.waiter.join()
+        if self.proc.returncode != 0:
+            raise SystemExit(f"distrl train exited with {self.proc.returncode}; see {self.run_dir / 'logs'}")
+        assert self.end is not None
+        return self.end - self.start
+
+
+def start_train(config: Path, run_dir: Path, overrides: list[str]) -> TrainRun:
+    """Start `distrl train CONFIG --run-dir RUN_DIR --no-console OVERRIDES...`, headless, stdout dropped."""
+    argv = [
+        sys.executable, "-m", "distrl.cli", "train", str(config), "--run-dir", str(run_dir), "--no-console",
+        *overrides,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
+    run = TrainRun(proc, run_dir, start)
+
+    def wait() -> None:
+        proc.wait()
+        run.end = time.perf_counter()
+
+    run.waiter = threading.Thread(target=wait, daemon=True)
+    run.waiter.start()
+    return run
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of RUN_DIR/metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def _fmt(value: float | None) -> str:

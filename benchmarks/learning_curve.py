@@ -19,20 +19,15 @@ to the JSON at once, so a long run that is stopped keeps what it measured.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Result, parser, print_table, write_json
+from common import Result, TrainRun, parser, print_table, read_metrics, start_train, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "HalfCheetah-v5"
@@ -87,51 +82,17 @@ def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float
     return returns, time.perf_counter() - start
 
 
-@dataclass
-class OursRun:
-    """distrl's run in a subprocess; a thread notes when it exits (SB3 may still be running then)."""
-
-    proc: subprocess.Popen
-    run_dir: Path
-    start: float
-    end: float | None = None
-    waiter: threading.Thread | None = None
-
-    def wait(self) -> float:
-        """The run's wall time, once it has exited."""
-        assert self.waiter is not None
-        self.waiter.join()
-        if self.proc.returncode != 0:
-            raise SystemExit(f"distrl train exited with {self.proc.returncode}; see {self.run_dir / 'logs'}")
-        assert self.end is not None
-        return self.end - self.start
-
-
-def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> OursRun:
-    run_dir = workdir / f"distrl-seed{seed}"
-    argv = [
-        sys.executable, "-m", "distrl.cli", "train", str(ROOT / "configs" / "sac_halfcheetah.yaml"),
-        "--run-dir", str(run_dir), "--no-console", f"seed={seed}", f"train.total_env_steps={steps}",
-        f"actors.warmup_steps={warmup}", f"replay.table.min_size_to_sample={warmup}",
-        "eval.enabled=false", "learner.threads=1",
+def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> TrainRun:
+    overrides = [
+        f"seed={seed}", f"train.total_env_steps={steps}", f"actors.warmup_steps={warmup}",
+        f"replay.table.min_size_to_sample={warmup}", "eval.enabled=false", "learner.threads=1",
     ]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
-    run = OursRun(proc, run_dir, start)
-
-    def wait() -> None:
-        proc.wait()
-        run.end = time.perf_counter()
-
-    run.waiter = threading.Thread(target=wait, daemon=True)
-    run.waiter.start()
-    return run
+    return start_train(ROOT / "configs" / "sac_halfcheetah.yaml", workdir / f"distrl-seed{seed}", overrides)
 
 
-def finish_ours(run: OursRun, steps: int) -> tuple[dict[int, float], float]:
+def finish_ours(run: TrainRun, steps: int) -> tuple[dict[int, float], float]:
     wall = run.wait()
-    run_dir = run.run_dir
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics(run.run_dir)
     episodes: list[tuple[int, float]] = [
         (r["env_steps"], r["actor/episode_return"]) for r in rows if "actor/episode_return" in r
     ]

@@ -4,7 +4,8 @@ Its policy is a fixed function of the observation, so every stored value can be 
 the learner's batch: a latent `tanh(W obs)` decoded into a chunk of `chunk` actions (0.9 x the
 latent), an actor-side filter that clips the plan to a bound published as a second parameter
 set ("filter") and stores both the proposed and the executed actions, a warm-up step that
-negates the latent, and a per-env count of decisions since the policy's last `reset(mask)`.
+negates the latent, a per-env count of decisions since the policy's last `reset(mask)`, and the
+episode's reward so far (from `observe`).
 `CostFromAction` is an env wrapper reporting `cost = action[0]^2` per step as a declared signal.
 Its learner does not learn: it keeps every batch it is given.
 """
@@ -52,6 +53,7 @@ def probe_fields(space: SpaceSpec, config: ProbeConfig) -> tuple[TransitionField
     fields = [*base_fields(space, action_shape=action_shape, chunk=k)]
     fields.append(TransitionField("warmup", "bool"))
     fields.append(TransitionField("since_reset", "int32"))
+    fields.append(TransitionField("reward_so_far", "float32"))
     if k > 1:
         fields.append(TransitionField("latent", "float32", (k * a,)))
     if config.filter_bound is not None:
@@ -76,6 +78,7 @@ class ProbePolicy(BasePolicy):
         self.weights: np.ndarray | None = None
         self.bound: float | None = None
         self.since_reset: np.ndarray | None = None
+        self.reward_so_far: np.ndarray | None = None
         self.reset_calls = 0
 
     def _decide(self, obs: np.ndarray, sign: float, warmup: bool) -> PolicyStep:
@@ -89,6 +92,7 @@ class ProbePolicy(BasePolicy):
         extras: dict[str, np.ndarray] = {
             "warmup": np.full(n, warmup),
             "since_reset": self.since_reset.copy(),
+            "reward_so_far": self.reward_so_far.copy(),
         }
         if k > 1:
             extras["latent"] = latent.astype(np.float32)
@@ -108,7 +112,12 @@ class ProbePolicy(BasePolicy):
         self.reset_calls += 1
         if self.since_reset is None or len(self.since_reset) != len(mask):
             self.since_reset = np.zeros(len(mask), dtype=np.int32)
+            self.reward_so_far = np.zeros(len(mask), dtype=np.float32)
         self.since_reset[np.asarray(mask, dtype=bool)] = 0
+        self.reward_so_far[np.asarray(mask, dtype=bool)] = 0.0
+
+    def observe(self, reward: np.ndarray, ended: np.ndarray) -> None:
+        self.reward_so_far += reward.astype(np.float32)
 
     def load_params(self, param_set: str, tensors: Mapping[str, np.ndarray]) -> None:
         if param_set == POLICY_PARAMS:

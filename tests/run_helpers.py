@@ -50,3 +50,17 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             raise AssertionError(f"the run exited ({proc.returncode}) while waiting for {what}")
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def train_to_solve(config: Path, run_dir: Path, budget: int) -> tuple[float, int, str]:
+    """Run `distrl train CONFIG` headless to its end; returns (best eval return, the env steps it was
+    reached at, stdout), after checking the run exited cleanly, evaluated, and stayed in budget."""
+    out = distrl("train", str(config), "--run-dir", str(run_dir), "--no-console", timeout=1500)
+    assert out.returncode == 0, out.stdout + out.stderr
+    evals = [(r["env_steps"], r["eval/return_mean"]) for r in rows(run_dir) if "eval/return_mean" in r]
+    assert evals, "no evaluation ran"
+    best_steps, best = max(evals, key=lambda e: e[1])
+    assert best_steps <= budget + 2_000, (
+        f"best at {best_steps} env steps (evaluations: {evals})"
+    )  # + in flight
+    return best, best_steps, out.stdout + f"\nevaluations: {evals}"

@@ -136,6 +136,11 @@ def test_chunks_costs_filter_and_warmup_reach_the_learner_batch(chunk: int, tmp_
     first = batch["since_reset"] == 0
     assert first.any() and (~first).any()
     assert np.abs(batch["obs"][first]).max() <= INITIAL_OBS_BOUND + 1e-6
+    # `observe` sees every decision's summed reward: the episode's reward before this decision.
+    assert (batch["reward_so_far"][first] == 0).all()
+    later = ~first & (batch["reward_so_far"] > 0)
+    assert later.any()
+    assert (batch["reward_so_far"] <= batch["since_reset"] * chunk + 1e-4).all()
     assert actor.policy.reset_calls > 1
 
 
@@ -170,6 +175,9 @@ def test_a_policy_producing_an_undeclared_or_misshapen_field_is_refused_by_name(
             return self.act(obs)
 
         def reset(self, mask):
+            pass
+
+        def observe(self, reward, ended):
             pass
 
         def load_params(self, name, tensors):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_helpers import distrl, last, rows, wait_for
+from run_helpers import distrl, last, rows, train_to_solve, wait_for
 
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
 
@@ -156,19 +156,7 @@ def test_actor_killed_with_sigkill_is_restarted(tmp_path: Path):
 @pytest.mark.slow
 def test_sac_solves_inverted_pendulum_through_the_pipeline(tmp_path: Path):
     """2 actors, 2 shards, params server, learner, evaluator: eval return >= 900 within 30k env steps."""
-    run_dir = tmp_path / "pendulum"
-    out = distrl(
-        "train",
-        str(ROOT / "configs" / "sac_inverted_pendulum.yaml"),
-        "--run-dir",
-        str(run_dir),
-        "--no-console",
-        timeout=1500,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    evals = [(r["env_steps"], r["eval/return_mean"]) for r in rows(run_dir) if "eval/return_mean" in r]
-    assert evals, "no evaluation ran"
-    best_steps, best = max(evals, key=lambda e: e[1])
-    assert best >= 900, f"best eval return {best:.1f} (evaluations: {evals})"
-    assert best_steps <= 30_000 + 2_000  # the budget, plus what actors had in flight
-    assert "solved" in out.stdout
+    config = ROOT / "configs" / "sac_inverted_pendulum.yaml"
+    best, _, output = train_to_solve(config, tmp_path / "pendulum", budget=30_000)
+    assert best >= 900, f"best eval return {best:.1f}; {output}"
+    assert "solved" in output

@@ -157,8 +157,12 @@ class Actor:
                     return
 
     def _wait_for_required(self, subscriptions: dict, stop: threading.Event) -> None:
-        """Before the first step: load every parameter set the policy cannot act without."""
-        for name in self.policy.required_params:
+        """Before the first step: load every parameter set the policy cannot act without (and,
+        when the learner pretrains on demos, the pretrained policy rather than initial weights)."""
+        required = list(self.policy.required_params)
+        if self.config.pretrain.bc_steps and POLICY_PARAMS in subscriptions and POLICY_PARAMS not in required:
+            required.append(POLICY_PARAMS)
+        for name in required:
             while not stop.is_set():
                 try:
                     latest = subscriptions[name].wait_for_version(1, timeout=0.5)

@@ -146,6 +146,7 @@ class Rollout:
                     running[i] = False
                     finished.append(self._episode(int(i)))
         ended = terminated | truncated
+        self.policy.observe(reward, ended)
         self.obs = next_obs.copy()
         if ended.any():
             if self.auto_reset:

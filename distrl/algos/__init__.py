@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
-from distrl.algos import sac
+from distrl.algos import sac, xqc
 from distrl.algos.base import (
     DEMO_FLAG,
     POLICY_PARAMS,
@@ -136,6 +136,16 @@ register_algorithm(
     "sac",
     AlgorithmEntry(config_type=sac.SACConfig, make_learner=sac.make_learner, make_policy=sac.make_policy),
 )
+for _name, _config in (("xqc", xqc.XQCConfig), ("xqcfd", xqc.XQCfDConfig)):
+    register_algorithm(
+        _name,
+        AlgorithmEntry(
+            config_type=_config,
+            make_learner=xqc.make_learner,
+            make_policy=xqc.make_policy,
+            transition_fields=xqc.xqc_fields,
+        ),
+    )
 
 __all__ = [
     "DEMO_FLAG",

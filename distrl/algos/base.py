@@ -16,6 +16,7 @@ Everything here is pure PyTorch/numpy: no I/O.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -186,6 +187,11 @@ class Policy(Protocol):
         """[B] bool: these envs start a new episode with the next decision."""
         ...
 
+    def observe(self, reward: np.ndarray, ended: np.ndarray) -> None:
+        """After each decision: its [B] rewards (summed over a chunk) and which episodes ended, so a
+        policy can keep per-env statistics of the stream (a discounted return, say) for its extras."""
+        ...
+
     def load_params(self, param_set: str, tensors: Mapping[str, np.ndarray]) -> None:
         """Replace one parameter set with tensors a learner published; refuse bad ones whole."""
         ...
@@ -209,6 +215,9 @@ class BasePolicy:
         return PolicyStep(actions)
 
     def reset(self, mask: np.ndarray) -> None:
+        pass
+
+    def observe(self, reward: np.ndarray, ended: np.ndarray) -> None:
         pass
 
     def load_params(self, param_set: str, tensors: Mapping[str, np.ndarray]) -> None:
@@ -378,3 +387,45 @@ def check_batch(
         if device is not None and tensor.device != device:
             raise BatchError(f"{name}[{key!r}] is on {tensor.device}, the algorithm runs on {device}")
     return size
+
+
+def learner_state(
+    modules: Mapping[str, torch.nn.Module | torch.optim.Optimizer],
+    parameters: Mapping[str, torch.Tensor] | None = None,
+    counters: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """A learner's checkpoint state: each module's and optimizer's state_dict, detached copies of
+    loose parameters (a temperature), and integer counters."""
+    state: dict[str, Any] = {name: module.state_dict() for name, module in modules.items()}
+    state.update({name: p.detach().clone() for name, p in (parameters or {}).items()})
+    state["counters"] = dict(counters or {})
+    return state
+
+
+def load_learner_state(
+    what: str,
+    state: Mapping[str, Any],
+    modules: Mapping[str, torch.nn.Module | torch.optim.Optimizer],
+    parameters: Mapping[str, torch.Tensor] | None = None,
+    optional: Sequence[str] = (),
+) -> dict[str, int]:
+    """Restore what `learner_state` saved; returns the counters. A missing entry (not in
+    `optional`) raises KeyError naming it, before anything is changed."""
+    parameters = parameters or {}
+    missing = sorted((set(modules) | set(parameters)) - set(optional) - set(state))
+    if missing:
+        raise KeyError(f"{what} state is missing {missing}")
+    for name, module in modules.items():
+        if name not in state:
+            continue
+        if isinstance(module, torch.optim.Optimizer):
+            # Optimizer.load_state_dict keeps same-device state tensors by reference: copy them, so a
+            # learner restored from another's live state_dict() never shares its Adam moments.
+            module.load_state_dict(copy.deepcopy(state[name]))
+        else:
+            module.load_state_dict(state[name])
+    with torch.no_grad():
+        for name, p in parameters.items():
+            if name in state:
+                p.copy_(torch.as_tensor(state[name]))
+    return {str(k): int(v) for k, v in state.get("counters", {}).items()}

@@ -265,6 +265,9 @@ class _ScriptedDecisions:
     def warmup(self, obs: np.ndarray, rng: np.random.Generator) -> PolicyStep:
         return self.act(obs)
 
+    def observe(self, reward: np.ndarray, ended: np.ndarray) -> None:
+        pass
+
     def reset(self, mask: np.ndarray) -> None:
         if mask[0]:
             self._scripted.reset()  # after the env's reset: it reads the new object pose
@@ -296,6 +299,9 @@ class _NoisyDecisions:
 
     def reset(self, mask: np.ndarray) -> None:
         self._policy.reset(mask)
+
+    def observe(self, reward: np.ndarray, ended: np.ndarray) -> None:
+        self._policy.observe(reward, ended)
 
     def load_params(self, param_set: str, tensors: Any) -> None:
         self._policy.load_params(param_set, tensors)

@@ -121,6 +121,7 @@ class Learner:
         online_items, demo_items = split_batch(cfg.learner.batch_size, cfg.demos.ratio if mix_demos else 0.0)
         batch_items, demo_items = online_items * utd, demo_items * utd
         prioritized = cfg.replay.table.sampler == "prioritized"
+        warned_priorities = False
         limit = max_updates if max_updates is not None else cfg.train.max_updates
         window = _Window()
         try:
@@ -147,6 +148,13 @@ class Learner:
                 if priorities is not None:
                     td = priorities.detach().abs().float().cpu().numpy()
                     replay.update_priorities(batch.shard, batch.keys, td + PRIORITY_EPS)
+                elif prioritized and not warned_priorities:
+                    warned_priorities = True
+                    log.warning(
+                        "replay.table.sampler is prioritized but algorithm %r gives no priorities: "
+                        "items keep their insert priority (sampling stays uniform)",
+                        cfg.algo.name,
+                    )
                 staleness = self.version - batch.policy_version
                 window.add(metrics, wait_s=t1 - t0, step_s=time.perf_counter() - t1, staleness=staleness)
                 if params is not None:

@@ -19,7 +19,6 @@ transition bootstraps from s' like any other.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from distrl.algos.base import (
     SpaceSpec,
     base_fields,
     check_batch,
+    learner_state,
+    load_learner_state,
 )
 from distrl.algos.sac.config import SACConfig
 from distrl.algos.sac.networks import CriticEnsemble, TanhGaussianActor, gaussian_tanh_log_prob
@@ -443,42 +444,33 @@ class SACLearner:
         return policy
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "target_critic": self.target_critic.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "policy_optimizer": self.policy_optimizer.state_dict(),
-            "counters": {
-                "updates": self.num_updates,
-                "critic_updates": self.num_critic_updates,
-                "actor_updates": self.num_actor_updates,
-            },
-        }
+        return learner_state(self._stateful(), {"log_alpha": self.log_alpha}, self._counters())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        expected = {"actor", "critic", "target_critic", "log_alpha", "critic_optimizer", "policy_optimizer"}
-        missing = sorted(expected - set(state))
-        if missing:
-            raise KeyError(f"SAC state is missing {missing}")
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.target_critic.load_state_dict(state["target_critic"])
-        with torch.no_grad():
-            self.log_alpha.copy_(torch.as_tensor(state["log_alpha"]))
-        # Optimizer.load_state_dict keeps same-device state tensors by reference: copy them, so a
-        # learner restored from another's live state_dict() never shares its Adam moments.
-        self.critic_optimizer.load_state_dict(copy.deepcopy(state["critic_optimizer"]))
-        self.policy_optimizer.load_state_dict(copy.deepcopy(state["policy_optimizer"]))
-        counters = state.get("counters", {})
-        self.num_updates = int(counters.get("updates", 0))
-        self.num_critic_updates = int(counters.get("critic_updates", 0))
-        self.num_actor_updates = int(counters.get("actor_updates", 0))
+        counters = load_learner_state("SAC", state, self._stateful(), {"log_alpha": self.log_alpha})
+        self.num_updates = counters.get("updates", 0)
+        self.num_critic_updates = counters.get("critic_updates", 0)
+        self.num_actor_updates = counters.get("actor_updates", 0)
         # Optimizer state tensors were replaced: captured CUDA graphs point at the old ones.
         for step in (self._critic_step_fn, self._actor_step_fn):
             if isinstance(step, _GraphedStep):
                 step.reset()
+
+    def _stateful(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "critic": self.critic,
+            "target_critic": self.target_critic,
+            "critic_optimizer": self.critic_optimizer,
+            "policy_optimizer": self.policy_optimizer,
+        }
+
+    def _counters(self) -> dict[str, int]:
+        return {
+            "updates": self.num_updates,
+            "critic_updates": self.num_critic_updates,
+            "actor_updates": self.num_actor_updates,
+        }
 
     # ---- batch preparation
 

@@ -268,3 +268,14 @@ def test_xqc_solves_inverted_pendulum_through_the_pipeline(tmp_path: Path) -> No
     config = ROOT / "configs" / "xqc_inverted_pendulum.yaml"
     best, _, output = train_to_solve(config, tmp_path / "pendulum", budget=30_000)
     assert best >= 900, f"best eval return {best:.1f}; {output}"
+
+
+def test_without_backup_entropy_the_target_ignores_the_temperature() -> None:
+    losses = {}
+    for backup in (True, False):
+        for alpha in (0.01, 10.0):
+            algo = learner(backup_entropy=backup, initial_alpha=alpha)
+            torch.manual_seed(0)
+            losses[backup, alpha] = algo.update(random_batch(32))["critic_loss"]
+    assert losses[False, 0.01] == pytest.approx(losses[False, 10.0])
+    assert losses[True, 0.01] != pytest.approx(losses[True, 10.0])

@@ -47,6 +47,11 @@ class XQCConfig(BaseModel):
     reward_scaling: bool = Field(
         True, description="divide rewards by the running std of the discounted return"
     )
+    backup_entropy: bool = Field(
+        True,
+        description="the target includes -alpha log pi(a'|s') (False: the critic learns the plain return, "
+        "which a sharply behaviour-cloned policy needs on sparse rewards)",
+    )
     log_std_min: float = -10.0
     log_std_max: float = 2.0
 

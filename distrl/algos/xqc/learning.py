@@ -217,7 +217,7 @@ class XQCLearner:
     ) -> torch.Tensor:
         cfg = self.config
         size = obs.shape[0]
-        alpha = self.log_alpha.detach().exp()
+        alpha = self.log_alpha.detach().exp() if cfg.backup_entropy else torch.zeros_like(self.log_alpha)
         joint_obs = torch.cat((obs, next_obs))
         with torch.no_grad():
             next_action, next_log_prob = self.actor.sample(next_obs)

@@ -279,3 +279,13 @@ def test_without_backup_entropy_the_target_ignores_the_temperature() -> None:
             losses[backup, alpha] = algo.update(random_batch(32))["critic_loss"]
     assert losses[False, 0.01] == pytest.approx(losses[False, 10.0])
     assert losses[True, 0.01] != pytest.approx(losses[True, 10.0])
+
+
+def test_a_frozen_actor_norm_keeps_its_statistics_through_actor_steps() -> None:
+    for frozen in (False, True):
+        algo = learner(freeze_actor_norm=frozen, policy_delay=1)
+        before = {k: v.clone() for k, v in algo.actor.state_dict().items() if "running" in k}
+        algo.update(random_batch(32))
+        after = algo.actor.state_dict()
+        unchanged = all(torch.equal(before[k], after[k]) for k in before)
+        assert unchanged == frozen

@@ -64,6 +64,11 @@ class XQCConfig(BaseModel):
     std_rank: int | None = Field(
         None, ge=1, description="rank of the stationary head's variance factor (None: full, CSIL's)"
     )
+    freeze_actor_norm: bool = Field(
+        False,
+        description="actor updates run the actor's BatchNorm in eval mode, so it keeps the statistics it "
+        "had after pretraining (the stationary head's periodic features shift with them)",
+    )
     pretrain_critic: bool = Field(
         False, description="pretraining on demos also trains the critics by TD on demo transitions"
     )

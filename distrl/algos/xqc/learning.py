@@ -253,7 +253,7 @@ class XQCLearner:
             return torch.stack(metrics)
 
     def _actor_step(self, obs: torch.Tensor) -> torch.Tensor:
-        self.actor.train()
+        self.actor.train(not self.config.freeze_actor_norm)
         self.critic.eval().requires_grad_(False)
         try:
             alpha = self.log_alpha.exp()

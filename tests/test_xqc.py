@@ -289,3 +289,19 @@ def test_a_frozen_actor_norm_keeps_its_statistics_through_actor_steps() -> None:
         after = algo.actor.state_dict()
         unchanged = all(torch.equal(before[k], after[k]) for k in before)
         assert unchanged == frozen
+
+
+def test_the_demo_bc_term_clones_demo_items_only() -> None:
+    algo = learner(bc_weight=1.0, bc_q_filter=False, policy_delay=1)
+    metrics = algo.update(random_batch(32), demo_batch=random_batch(32, seed=1))
+    assert metrics["bc_kept"] == 1.0 and metrics["bc_loss"] != 0.0
+    assert learner(bc_weight=1.0, policy_delay=1).update(random_batch(32))["bc_kept"] == 0.0
+    # Cloning pulls the policy's mode toward the demo actions.
+    algo = learner(bc_weight=10.0, bc_q_filter=False, policy_delay=1, actor_lr=1e-3)
+    demo = random_batch(32, seed=1)
+    demo["action"] = torch.full_like(demo["action"], 0.5)
+    before = (algo.actor.deterministic(demo["obs"]) - 0.5).abs().mean().item()
+    for i in range(30):
+        algo.update(random_batch(32, seed=2 + i), demo_batch=demo)
+    after = (algo.actor.deterministic(demo["obs"]) - 0.5).abs().mean().item()
+    assert after < 0.5 * before

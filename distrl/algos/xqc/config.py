@@ -64,6 +64,12 @@ class XQCConfig(BaseModel):
     std_rank: int | None = Field(
         None, ge=1, description="rank of the stationary head's variance factor (None: full, CSIL's)"
     )
+    bc_weight: float = Field(
+        0.0, ge=0.0, description="weight of a behaviour-cloning term on the demo items of each actor batch"
+    )
+    bc_q_filter: bool = Field(
+        True, description="clone a demo action only where the critics value it above the policy's mode"
+    )
     freeze_actor_norm: bool = Field(
         False,
         description="actor updates run the actor's BatchNorm in eval mode, so it keeps the statistics it "

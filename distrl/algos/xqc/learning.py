@@ -252,8 +252,14 @@ class XQCLearner:
                 ]
             return torch.stack(metrics)
 
-    def _actor_step(self, obs: torch.Tensor) -> torch.Tensor:
-        self.actor.train(not self.config.freeze_actor_norm)
+    def _actor_step(
+        self,
+        obs: torch.Tensor,
+        demo_action: torch.Tensor | None = None,
+        demo_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        self.actor.train(not cfg.freeze_actor_norm)
         self.critic.eval().requires_grad_(False)
         try:
             alpha = self.log_alpha.exp()
@@ -262,9 +268,15 @@ class XQCLearner:
             actor_loss = (alpha.detach() * log_prob - q).mean()
             entropy = -log_prob.detach().mean()
             alpha_loss = alpha * (entropy - self.target_entropy)
+            loss = actor_loss + alpha_loss
+            extra: list[torch.Tensor] = []
+            if cfg.bc_weight > 0.0:
+                bc, kept = self._demo_bc_term(obs, demo_action, demo_mask)
+                loss = loss + cfg.bc_weight * bc
+                extra = [bc.detach(), kept]
             self.actor_optimizer.zero_grad(set_to_none=True)
             self.alpha_optimizer.zero_grad(set_to_none=True)
-            (actor_loss + alpha_loss).backward()
+            loss.backward()
             self.actor_optimizer.step()
             self.alpha_optimizer.step()
             if self.config.weight_norm:
@@ -272,7 +284,28 @@ class XQCLearner:
         finally:
             self.actor.eval()
             self.critic.train().requires_grad_(True)
-        return torch.stack([actor_loss.detach(), alpha_loss.detach(), alpha.detach(), entropy])
+        return torch.stack([actor_loss.detach(), alpha_loss.detach(), alpha.detach(), entropy, *extra])
+
+    def _demo_bc_term(
+        self, obs: torch.Tensor, demo_action: torch.Tensor | None, demo_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Behaviour cloning of the demo items of an actor batch (Nair et al. 2018's Q filter: only
+        where the critics value the demo action above the policy's mode); (loss, fraction kept)."""
+        if demo_action is None or demo_mask is None:
+            zero = torch.zeros((), device=obs.device)
+            return zero, zero
+        keep = demo_mask
+        if self.config.bc_q_filter:
+            with torch.no_grad():
+                q_demo = self.critic.q(self.critic(obs, demo_action)).amin(0)
+                q_policy = self.critic.q(self.critic(obs, self.actor.deterministic(obs))).amin(0)
+                keep = demo_mask * (q_demo > q_policy).to(demo_mask.dtype)
+        mean, std = self.actor(obs)
+        squared_error = (torch.tanh(mean) - demo_action).square().sum(-1)
+        log_prob = tanh_gaussian_log_prob(mean.detach(), std, demo_action, self.config.bc_action_eps)
+        kept = keep.sum()
+        loss = ((squared_error - log_prob) * keep).sum() / kept.clamp_min(1.0)
+        return loss, kept / demo_mask.sum().clamp_min(1.0)
 
     # ---- the public interface
 
@@ -291,14 +324,15 @@ class XQCLearner:
                 self.num_critic_updates += 1
                 polyak_update(self._target_params, self._critic_params, self.config.tau)
                 if self.num_critic_updates % self.config.policy_delay == 0:
-                    actor_metrics.append(self._actor_step_fn(obs))
+                    actor_metrics.append(self._actor_step_fn(obs, action, demo_mask))
                     self.num_actor_updates += 1
         self.num_updates += 1
         names = CRITIC_METRICS + (SOURCE_METRICS if minibatches[0][5] is not None else ())
         values = torch.stack(critic_metrics).mean(0).tolist()
         out = dict(zip(names, values, strict=True))
         if actor_metrics:
-            out.update(zip(ACTOR_METRICS, torch.stack(actor_metrics).mean(0).tolist(), strict=True))
+            names = ACTOR_METRICS + (("bc_loss", "bc_kept") if self.config.bc_weight > 0.0 else ())
+            out.update(zip(names, torch.stack(actor_metrics).mean(0).tolist(), strict=True))
         out["reward_scale"] = float(self.returns.scale())
         out["lr"] = self.critic_optimizer.param_groups[0]["lr"]
         return out

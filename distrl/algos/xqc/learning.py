@@ -96,6 +96,14 @@ def categorical_target(
     return categorical_projection(chosen, atoms, v_min, v_max), clipped
 
 
+def bc_loss_per_item(actor: XQCActor, obs: torch.Tensor, action: torch.Tensor, eps: float) -> torch.Tensor:
+    """Behaviour cloning per item [B]: the squared error of the mode tanh(mean) to the demonstrated
+    action plus its negative log-likelihood with the mean held fixed (the likelihood sets the std)."""
+    mean, std = actor(obs)
+    squared_error = (torch.tanh(mean) - action).square().sum(-1)
+    return squared_error - tanh_gaussian_log_prob(mean.detach(), std, action, eps)
+
+
 def categorical_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each member's logits [E, B, K] to the target [B, K]: mean over B, sum over E."""
     return -(target * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
@@ -300,11 +308,9 @@ class XQCLearner:
                 q_demo = self.critic.q(self.critic(obs, demo_action)).amin(0)
                 q_policy = self.critic.q(self.critic(obs, self.actor.deterministic(obs))).amin(0)
                 keep = demo_mask * (q_demo > q_policy).to(demo_mask.dtype)
-        mean, std = self.actor(obs)
-        squared_error = (torch.tanh(mean) - demo_action).square().sum(-1)
-        log_prob = tanh_gaussian_log_prob(mean.detach(), std, demo_action, self.config.bc_action_eps)
         kept = keep.sum()
-        loss = ((squared_error - log_prob) * keep).sum() / kept.clamp_min(1.0)
+        per_item = bc_loss_per_item(self.actor, obs, demo_action, self.config.bc_action_eps)
+        loss = (per_item * keep).sum() / kept.clamp_min(1.0)
         return loss, kept / demo_mask.sum().clamp_min(1.0)
 
     # ---- the public interface
@@ -359,10 +365,7 @@ class XQCLearner:
         with torch.enable_grad():
             self.actor.train()
             try:
-                mean, std = self.actor(obs)
-                squared_error = (torch.tanh(mean) - action).square().sum(-1)
-                log_prob = tanh_gaussian_log_prob(mean.detach(), std, action, self.config.bc_action_eps)
-                loss = (squared_error - log_prob).mean()
+                loss = bc_loss_per_item(self.actor, obs, action, self.config.bc_action_eps).mean()
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.actor_optimizer.step()

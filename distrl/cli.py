@@ -37,6 +37,7 @@ def _register() -> None:
     from distrl.data import cli as data_cli
     from distrl.envs import cli as envs_cli
     from distrl.learners import cli as learners_cli
+    from distrl.learners import pretrain_cli
     from distrl.params import cli as params_cli
     from distrl.replay import cli as replay_cli
     from distrl.runtime import cli as runtime_cli
@@ -57,6 +58,7 @@ def _register() -> None:
     app.add_typer(envs_cli.app, name="envs")
     app.add_typer(k8s_cli.app, name="k8s")
     app.add_typer(data_cli.app, name="demos")
+    app.add_typer(pretrain_cli.app, name="pretrain")
 
 
 _register()

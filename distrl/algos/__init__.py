@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ValidationError
 
-from distrl.algos import sac, xqc
+from distrl.algos import dsrl, sac, xqc
 from distrl.algos.base import (
     DEMO_FLAG,
     POLICY_PARAMS,
@@ -146,6 +146,15 @@ for _name, _config in (("xqc", xqc.XQCConfig), ("xqcfd", xqc.XQCfDConfig)):
             transition_fields=xqc.xqc_fields,
         ),
     )
+register_algorithm(
+    "dsrl",
+    AlgorithmEntry(
+        config_type=dsrl.DSRLConfig,
+        make_learner=dsrl.make_learner,
+        make_policy=dsrl.make_policy,
+        transition_fields=dsrl.dsrl_fields,
+    ),
+)
 
 __all__ = [
     "DEMO_FLAG",

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distrl.algos import DEMO_FLAG, TransitionField
+from distrl.algos import DEMO_FLAG, STEPS_FIELD, TransitionField
 from distrl.data import DatasetError, open_dataset
+from distrl.data.chunks import chunk_transitions
 
 
 class DemoTable:
@@ -17,14 +18,16 @@ class DemoTable:
 
     The columns are the algorithm's declared `fields`, read from the store by name: a field the
     store lacks is filled with its declared fill value, or refused with an error naming it.
-    `is_demo` is set on every item.
+    `is_demo` is set on every item. A chunked algorithm (an `env_steps` field and a [k, A]
+    action) gets the store's episodes as chunks of k steps (`distrl.data.chunks`).
     """
 
     def __init__(
         self, path: Path, fields: Sequence[TransitionField], device: torch.device, seed: int = 0
     ) -> None:
         dataset = open_dataset(path)
-        data = dataset.as_transitions()
+        chunk = _chunk_length(fields)
+        data = chunk_transitions(dataset, chunk) if chunk > 1 else dataset.as_transitions()
         size = len(data["obs"])
         if size == 0:
             raise ValueError(f"demos {path}: the store holds no transitions")
@@ -70,6 +73,15 @@ class DemoTable:
     def transitions(self) -> dict[str, np.ndarray]:
         """All transitions as numpy columns of the declared fields (to insert into replay)."""
         return {name: t.cpu().numpy() for name, t in self._tensors.items()}
+
+
+def _chunk_length(fields: Sequence[TransitionField]) -> int:
+    """k when the fields describe chunked decisions storing [k, A] executed actions, else 1."""
+    by_name = {f.name: f for f in fields}
+    action = by_name.get("action")
+    if STEPS_FIELD in by_name and action is not None and len(action.shape) == 2:
+        return action.shape[0]
+    return 1
 
 
 def split_batch(batch_size: int, ratio: float) -> tuple[int, int]:

@@ -191,32 +191,30 @@ def test_an_executed_chunk_round_trips_through_replay(base_dir: Path) -> None:
     config = DSRLConfig(hidden_sizes=(32, 32), seed=0)
     algo = build_learner(SPACE, config, load_model(base_dir), torch.device("cpu"))
     fields = transition_fields("dsrl", SPACE, config)
-    rollout = Rollout([make_env(PENDULUM, seed=s) for s in range(3)], algo.make_policy(), fields=fields,
-                      record_steps=True)  # fmt: skip
+    envs = [make_env(PENDULUM, seed=s) for s in range(3)]
+    rollout = Rollout(envs, algo.make_policy(), fields=fields, record_steps=True)
     rollout.reset([0, 1, 2])
-    executed: list[np.ndarray] = []
+    executed: dict[bytes, np.ndarray] = {}  # decision's start obs -> the actions the env ran
     spec = {f.name: {"dtype": f.dtype, "shape": list(f.shape)} for f in fields}
     with shard(capacity=1000, spec=spec, seed=0) as (_, running), ReplayClient([running.address]) as client:
         with client.writer("actor-0") as writer:
-            for _ in range(5):
+            for _ in range(8):
                 step = rollout.step(rng=np.random.default_rng(0))
                 per_env: dict[int, list] = {}
                 for i, row in step.step_rows:
                     per_env.setdefault(i, []).append(row["action"])
-                for i in range(3):
-                    executed.append(np.asarray(per_env[i]))
+                for i, obs in enumerate(step.transitions["obs"]):
+                    executed[np.asarray(obs, np.float32).tobytes()] = np.asarray(per_env[i], np.float32)
                 writer.insert(step.transitions)
             writer.flush(10)
         batch = client.sample(64, timeout=10).fields
     rollout.close()
-    stored = {tuple(np.round(o, 6)): a for o, a in zip(batch["obs"], batch["action"], strict=True)}
     assert batch["action"].shape[1:] == (4, 1)
-    # Every sampled item's first k actions are exactly what the env executed for that decision.
-    by_first = {tuple(np.round(e[0], 6)) for e in executed}
-    for action, steps in zip(batch["action"], batch["env_steps"], strict=True):
-        assert tuple(np.round(action[0], 6)) in by_first
-        assert 1 <= steps <= 4
-    assert len(stored) > 1
+    for obs, action, steps in zip(batch["obs"], batch["action"], batch["env_steps"], strict=True):
+        ran = executed[np.asarray(obs, np.float32).tobytes()]
+        assert len(ran) == steps, "env_steps must count the steps the env ran"
+        # The stored chunk is the decision's: its first env_steps actions are exactly what ran.
+        np.testing.assert_array_equal(action[:steps], ran)
 
 
 # ---- the update
@@ -269,6 +267,38 @@ def test_an_update_has_the_right_shapes_and_only_changes_what_it_trains(base_dir
     restored = learner(load_model(base_dir), variant=variant)
     restored.load_state_dict(algo.state_dict())
     torch.testing.assert_close(restored.actor.state_dict(), algo.actor.state_dict())
+
+
+@pytest.mark.parametrize("variant", ["na", "sac"])
+def test_the_learners_critic_loss_matches_a_hand_computation(base_dir: Path, variant: str) -> None:
+    algo = learner(load_model(base_dir), variant=variant, utd_ratio=1, initial_alpha=0.3)
+    batch = random_batch(algo.config, 3, seed=5)
+    obs, next_obs = batch["obs"], batch["next_obs"]
+    action = batch["action"].reshape(3, -1)
+    with torch.no_grad():
+        torch.manual_seed(11)
+        next_w, next_log_prob = algo.actor.sample(next_obs)  # the update's first random draw
+        next_x = next_w if variant == "sac" else algo.base.denoise(next_obs, next_w).reshape(3, -1)
+        next_q = algo.target_critic(next_obs, next_x)
+        discount = 0.99 ** batch["env_steps"].float() * (~batch["terminated"]).float()
+        y = batch["reward"] + discount * (next_q.min(0).values - 0.3 * next_log_prob)
+        q = algo.critic(obs, action)
+        expected = 0.5 * sum(((q[e] - y) ** 2).mean() for e in range(2))
+    torch.manual_seed(11)
+    metrics = algo.update(batch)
+    assert metrics["critic_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["target_mean"] == pytest.approx(float(y.mean()), rel=1e-5)
+
+
+def test_without_backup_entropy_the_target_ignores_the_temperature(base_dir: Path) -> None:
+    losses = {}
+    for backup in (True, False):
+        for alpha in (0.01, 10.0):
+            algo = learner(load_model(base_dir), backup_entropy=backup, initial_alpha=alpha, utd_ratio=1)
+            torch.manual_seed(0)
+            losses[backup, alpha] = algo.update(random_batch(algo.config, 32))["critic_loss"]
+    assert losses[False, 0.01] == pytest.approx(losses[False, 10.0])
+    assert losses[True, 0.01] != pytest.approx(losses[True, 10.0])
 
 
 def test_the_distillation_loss_falls_on_a_fixed_batch(base_dir: Path) -> None:
@@ -328,11 +358,15 @@ def test_dsrl_runs_through_the_pipeline_with_the_base_sent_once(base_dir: Path, 
             "checkpoint_every_s": None,
         },
         "learner": {"batch_size": 32, "device": "cpu", "publish_every": 5, "checkpoint_every": 10_000},
+        # Demo chunks in every learner batch (DSRL-NA's Q_A learns from them too).
+        "demos": {"path": str(base_dir.parent / "demos.zarr"), "ratio": 0.25, "placement": "learner"},
         "train": {"max_updates": 40},
         "eval": {"enabled": False},
         "telemetry": {"console": False},
     }
-    _, actor, sets = run_pipeline(raw, tmp_path, 40)
+    learner_, actor, sets = run_pipeline(raw, tmp_path, 40)
+    assert learner_.updates == 40 and learner_.demos is not None
+    assert tuple(learner_.demos.sample(2)["action"].shape) == (2, 4, 1)
     assert sorted(sets) == ["base", "policy"]
     assert actor.param_versions["base"] == 1, "the frozen base is sent once"
     assert actor.param_versions["policy"] >= 2

@@ -82,11 +82,17 @@ def test_eval_command_reports_the_policy(smoke_run: Path):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads_and_builds_its_algorithm(path: Path):
+def test_every_shipped_config_loads_and_builds_its_algorithm(path: Path, tmp_path: Path):
     from distrl.algos import SpaceSpec, make_algorithm
+    from distrl.algos.diffusion import DiffusionModel, DiffusionSpec, save_model
     from distrl.config import load_config
 
     config = load_config(path)
+    params = config.algo.params()
+    if params.get("base_policy"):  # DSRL: a frozen base policy the user pretrains first; a tiny one here
+        spec = DiffusionSpec(obs_dim=19, action_dim=7, chunk=params.get("chunk", 4), hidden=16, blocks=1)
+        save_model(DiffusionModel(spec), tmp_path / "base")
+        config = load_config(path, [f"algo.base_policy={tmp_path / 'base'}"])
     make_algorithm(config.algo.name, SpaceSpec(obs_dim=19, action_dim=7), config.algo.params(), "cpu")
 
 

@@ -45,6 +45,11 @@ class DSRLConfig(BaseModel):
     initial_alpha: float = Field(1.0, gt=0.0)
     autotune_alpha: bool = True
     target_entropy: float = Field(0.0, description="of the latent actor, measured in [-1, 1]^d")
+    backup_entropy: bool = Field(
+        True,
+        description="the TD target includes -alpha log pi(w'|s') (False: the critic learns the plain "
+        "return, which a sparse 0/1 reward needs when alpha decays slowly at a low UTD)",
+    )
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     seed: int | None = Field(None, description="seeds network initialisation when set")

@@ -11,6 +11,7 @@ Per update call, for each of utd_ratio minibatches (demo chunks appended, DSRL-N
         y    = r + gamma^k (1 - terminated) (min_e Q'_A,e(s', pi_dp(s', w')) - alpha log pi(w'|s'))
         L_QA = 1/2 sum_e mean_b (Q_A,e(s, a) - y)^2
         L_pi = mean_b alpha log pi(w~|s) - min_e Q_W,e(s, w~)
+    (`backup_entropy: false` drops the alpha log pi term from y: the critic learns the plain return)
     then noise_critic_steps distillation steps on w ~ N(0, I) (clipped to the latent box):
         L_QW = 1/2 sum_e mean_b (Q_W,e(s, w) - Q_A,e(s, pi_dp(s, w)))^2
     and the temperature: L_alpha = -mean_b log_alpha (log pi(w~|s) + target_entropy).
@@ -23,6 +24,7 @@ many latents alias to.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -176,8 +178,7 @@ class DSRLLearner:
     def update(
         self, batch: Mapping[str, torch.Tensor], demo_batch: Mapping[str, torch.Tensor] | None = None
     ) -> dict[str, float]:
-        minibatches = self._minibatches(batch, demo_batch)
-        num_online = check_batch(batch, self.fields, self.device, "batch") // self.config.utd_ratio
+        minibatches, num_online = self._minibatches(batch, demo_batch)
         sums: dict[str, list[torch.Tensor]] = {}
         td_errors = []
         with torch.enable_grad():
@@ -202,7 +203,8 @@ class DSRLLearner:
         with torch.no_grad():
             next_w, next_log_prob = self.actor.sample(mb["next_obs"])
             next_q = self.target_critic(mb["next_obs"], self.critic_input(mb["next_obs"], next_w))
-            target = td_target(mb["reward"], mb["discount"], next_q, next_log_prob, self.alpha)
+            alpha = self.alpha if self.config.backup_entropy else torch.zeros((), device=self.device)
+            target = td_target(mb["reward"], mb["discount"], next_q, next_log_prob, alpha)
         q = self.critic(mb["obs"], mb["action"])
         loss = critic_loss(q, target, mb.get("weights"))
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -258,7 +260,8 @@ class DSRLLearner:
 
     def _minibatches(
         self, batch: Mapping[str, torch.Tensor], demo_batch: Mapping[str, torch.Tensor] | None
-    ) -> list[dict[str, torch.Tensor]]:
+    ) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """utd_ratio minibatches with the demo share appended to each, and the online items in each."""
         utd = self.config.utd_ratio
         size = check_batch(batch, self.fields, self.device, "batch")
         sources = [(batch, size)]
@@ -282,7 +285,7 @@ class DSRLLearner:
             out.append(
                 {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
             )
-        return out
+        return out, size // utd
 
     def _columns(self, batch: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
         terminated = batch["terminated"]
@@ -356,7 +359,4 @@ class DSRLLearner:
 
 
 def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    out = copy.deepcopy(module)
-    return out.requires_grad_(False)
+    return copy.deepcopy(module).requires_grad_(False)

@@ -15,7 +15,8 @@ Per task, one invocation, the same demos, env-step budget and seeds for every ar
   * `sac+demos`: lift_with_demos.py's `--light` SAC + demos arm (RLPD settings, half-demo batches).
 
 Reported: `<task>/<arm>/success` (final, mean over seeds; the DSRL arms against `<task>/base`),
-`<task>/<arm>/success@Nk` from each curve (the last evaluation at or before N thousand env steps),
+`<task>/<arm>/success@Nk` from each curve (the last evaluation at or before N thousand env steps;
+a DSRL arm's evaluations are placed at the env steps counted when each was reported),
 `<task>/base/pretrain_s`, and `dsrl/cpu/decision_ms` (one DSRL decision for one env on the CPU:
 the latent actor plus `inference_steps` denoiser calls) beside `dsrl/cpu/denoiser_ms`. `--quick`:
 1 seed, 1,500 env steps, 3-episode evaluations: a smoke test, not a measurement.
@@ -23,6 +24,7 @@ the latent actor plus `inference_steps` denoiser calls) beside `dsrl/cpu/denoise
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -65,6 +67,17 @@ def dsrl_decision_ms(base_dir: Path, task: str, repeats: int = 200) -> float:
     for _ in range(repeats):
         policy.act(obs)
     return (time.perf_counter() - start) / repeats * 1e3
+
+
+def env_step_curve(run_dir: Path, curve: list[tuple[int, float]], steps: int) -> list[tuple[int, float]]:
+    """A DSRL run's evaluations placed at the env steps the coordinator had counted when each was
+    reported (a decision is `chunk` env steps, so `train_curve`'s one-update-per-env-step placement
+    does not hold), plus the final checkpoint's evaluation at the budget."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    periodic = [(min(int(r["env_steps"]), steps - 1), float(r["eval/success_rate"])) for r in rows
+                if "eval/success_rate" in r]  # fmt: skip
+    final = [(s, v) for s, v in curve if s == steps]
+    return sorted(periodic) + final
 
 
 def at(curve: list[tuple[int, float]], step: int) -> float | None:
@@ -154,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                             overrides += ["replay.table.min_size_to_sample=100", "actors.warmup_steps=400"]
                         run_dir = Path(tmp) / f"{task}-{arm}-{seed}"
                         curve, updates = train_curve(cfg, run_dir, steps, seed, common + overrides, episodes)
+                        if arm in DSRL_ARMS:
+                            curve = env_step_curve(run_dir, curve, steps)
                         curves[key] = curve
                         final.setdefault(f"{task}/{arm}", []).append(curve[-1][1] if curve else 0.0)
                         print(

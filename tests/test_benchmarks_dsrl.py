@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,3 +34,14 @@ def test_rows_name_every_arm_and_put_dsrl_against_its_base() -> None:
     assert rows["lift/dsrl_na/success@20k"].value == 0.8
     assert "lift/dsrl_sac/success" not in rows and "lift/sac+demos/success" not in rows
     assert rows["dsrl/cpu/decision_ms"].unit == "ms" and rows["lift/base/pretrain_s"].value == 12.0
+
+
+def test_dsrl_evaluations_are_placed_at_the_env_steps_counted_when_reported(tmp_path: Path) -> None:
+    rows = [
+        {"env_steps": 900, "updates": 100},
+        {"env_steps": 7_750, "eval/success_rate": 0.1, "eval/updates": 500},
+        {"env_steps": 25_000, "eval/success_rate": 0.4, "eval/updates": 4_000},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    final = [(1_000, 0.1), (20_000, 0.5)]  # train_curve's placement, then the final evaluation
+    assert bench.env_step_curve(tmp_path, final, 20_000) == [(7_750, 0.1), (19_999, 0.4), (20_000, 0.5)]

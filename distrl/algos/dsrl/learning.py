@@ -47,6 +47,7 @@ from distrl.algos.base import (
 from distrl.algos.diffusion import DiffusionModel
 from distrl.algos.dsrl.config import DSRLConfig
 from distrl.algos.dsrl.networks import LatentActor, QEnsemble
+from distrl.algos.sac.learning import polyak_update, temperature_loss
 
 BASE_PARAMS = "base"
 CRITIC_METRICS = ("critic_loss", "q_mean", "target_mean")
@@ -94,14 +95,6 @@ def actor_loss(alpha: torch.Tensor, log_prob: torch.Tensor, q: torch.Tensor) -> 
 def distill_loss(q_latent: torch.Tensor, q_action: torch.Tensor) -> torch.Tensor:
     """1/2 sum_e mean_b (Q_W,e(s, w) - Q_A,e(s, pi_dp(s, w)))^2, member by member."""
     return 0.5 * (q_latent - q_action).square().mean(dim=1).sum()
-
-
-def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
-    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
-
-
-def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
-    torch._foreach_lerp_(target, online, tau)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-_LOG_2 = math.log(2.0)
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+from distrl.algos.sac.networks import squashed_gaussian_sample
 
 
 def mlp(
@@ -60,12 +56,8 @@ class LatentActor(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised latent [B, d] in (-m, m) and its log-probability [B]."""
-        mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        log_prob = -0.5 * eps.pow(2) - log_std - _HALF_LOG_2PI
-        log_det = 2.0 * (_LOG_2 - u - F.softplus(-2.0 * u))
-        return self.bound * torch.tanh(u), (log_prob - log_det).sum(-1)
+        w, log_prob = squashed_gaussian_sample(*self(obs))
+        return self.bound * w, log_prob
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         return self.bound * torch.tanh(self(obs)[0])

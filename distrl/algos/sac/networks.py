@@ -54,14 +54,7 @@ class TanhGaussianActor(nn.Module):
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterised action a = tanh(mean + std * eps) in (-1, 1) and its log-probability [B]."""
-        mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        # log N(u; mean, std) - log|d tanh(u)/du|, summed over action dims.
-        log_prob = (
-            -(0.5 * eps.square() + log_std + _tanh_log_det(u)).sum(-1) - self.action_dim * _HALF_LOG_2PI
-        )
-        return torch.tanh(u), log_prob
+        return squashed_gaussian_sample(*self(obs))
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """The mode of the squashed Gaussian's pre-image: tanh(mean)."""
@@ -72,6 +65,15 @@ class TanhGaussianActor(nn.Module):
         """log pi(action | obs) [B] for given actions; they are clamped to (-1+eps, 1-eps) before atanh."""
         mean, log_std = self(obs)
         return gaussian_tanh_log_prob(mean, log_std, action, eps)
+
+
+def squashed_gaussian_sample(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reparameterised sample tanh(mean + std * eps) in (-1, 1) and its log-probability [B]."""
+    eps = torch.randn_like(mean)
+    u = mean + log_std.exp() * eps
+    # log N(u; mean, std) - log|d tanh(u)/du|, summed over action dims.
+    log_prob = -(0.5 * eps.square() + log_std + _tanh_log_det(u)).sum(-1) - mean.shape[-1] * _HALF_LOG_2PI
+    return torch.tanh(u), log_prob
 
 
 def gaussian_tanh_log_prob(

@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import run_pipeline
 from probe_algorithm import DECODE_SCALE, FILTER_PARAMS, NAME, ProbeConfig, probe_weights, register
 
 from distrl.actors.actor import Actor, ActorAddresses
 from distrl.algos import SpaceSpec, transition_fields
 from distrl.config import validate_config
 from distrl.experiment import env_space, experiment_fields, replay_table_config
-from distrl.learners.learner import Learner
-from distrl.params import ParamsClient
-from distrl.params.server import start_params_server
 from distrl.replay.config import ReplayShardConfig
 from distrl.replay.server import serve_replay_shard
 
@@ -57,31 +55,6 @@ def probe_config(chunk: int, updates: int = 120) -> dict:
         "eval": {"enabled": False},
         "telemetry": {"console": False},
     }
-
-
-def run_pipeline(raw: dict, run_dir: Path, updates: int) -> tuple[Learner, Actor, list[str]]:
-    """Shard + params server on loopback, one actor and the learner in threads, until `updates`."""
-    config = validate_config(raw)
-    shard, running = serve_replay_shard(ReplayShardConfig(tables=[replay_table_config(config)]))
-    params = start_params_server()
-    stop = threading.Event()
-    try:
-        actor = Actor(config, 0, ActorAddresses([running.address], params.address))
-        learner = Learner(config, run_dir, [running.address], params.address)
-        actor_thread = threading.Thread(target=actor.run, args=(stop,), daemon=True)
-        actor_thread.start()
-        learner.run(threading.Event(), max_updates=updates)
-        stop.set()
-        actor_thread.join(30)
-        assert not actor_thread.is_alive(), "the actor did not stop"
-        with ParamsClient(params.address) as client:
-            sets = client.info().sets
-        return learner, actor, sets
-    finally:
-        stop.set()
-        params.stop(0)
-        running.stop(0)
-        shard.close(final_checkpoint=False)
 
 
 @pytest.mark.parametrize("chunk", [4, 1])
@@ -163,7 +136,7 @@ def test_a_policy_producing_an_undeclared_or_misshapen_field_is_refused_by_name(
     from distrl.envs import make_env
 
     class Bad:
-        param_sets, required_params = (), ()
+        param_sets, required_params, episode_sums = (), (), ()
 
         def __init__(self, extras, action_dim=1):
             self.extras, self.action_dim = extras, action_dim

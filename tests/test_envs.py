@@ -247,7 +247,7 @@ def test_bad_options_name_the_option() -> None:
 
 def test_list_envs_covers_every_family() -> None:
     ids = list_envs()
-    assert set(ids) == {"gym", "dmc", "robosuite"}
+    assert set(ids) == {"gym", "dmc", "robosuite", "safe"}
     assert "gym:HalfCheetah-v5" in ids["gym"] and "gym:Humanoid-v5" in ids["gym"]
     assert not any(i.endswith(("-v2", "-v3")) for i in ids["gym"])  # need mujoco-py
     assert {"dmc:cheetah-run", "dmc:ball_in_cup-catch", "dmc:point_mass-easy"} <= set(ids["dmc"])

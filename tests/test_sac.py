@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import random_batch as shared_random_batch
 
 from distrl.algos import (
     Algorithm,
@@ -45,15 +46,7 @@ def learner(**overrides: object) -> SACLearner:
 
 
 def random_batch(size: int, seed: int = 0, spec: SpaceSpec = SPEC) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "obs": torch.randn(size, spec.obs_dim, generator=g),
-        "action": torch.rand(size, spec.action_dim, generator=g) * 2 - 1,
-        "reward": torch.randn(size, generator=g),
-        "next_obs": torch.randn(size, spec.obs_dim, generator=g),
-        "terminated": torch.rand(size, generator=g) < 0.3,
-        "truncated": torch.rand(size, generator=g) < 0.3,
-    }
+    return shared_random_batch(size, seed, spec)
 
 
 def member_q(critic: CriticEnsemble, member: int, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,9 @@ def test_every_shipped_config_loads_and_builds_its_algorithm(path: Path, tmp_pat
         spec = DiffusionSpec(obs_dim=19, action_dim=7, chunk=params.get("chunk", 4), hidden=16, blocks=1)
         save_model(DiffusionModel(spec), tmp_path / "base")
         config = load_config(path, [f"algo.base_policy={tmp_path / 'base'}"])
-    make_algorithm(config.algo.name, SpaceSpec(obs_dim=19, action_dim=7), config.algo.params(), "cpu")
+    # A cost signal for the safe-exploration configs (sac_lag, a shield); the others ignore it.
+    space = SpaceSpec(obs_dim=19, action_dim=7, signals=("cost",), max_episode_steps=100)
+    make_algorithm(config.algo.name, space, config.algo.params(), "cpu")
 
 
 def test_bad_config_key_fails_with_its_path(tmp_path: Path):

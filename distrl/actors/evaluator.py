@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ class EvalResult:
     length_mean: float
     success_rate: float | None
     returns: list[float]
+    # Per-episode means of the env's signals and the policy's summed extras, e.g. {"cost": 0.4}.
+    signals_mean: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         out = {
@@ -37,6 +39,7 @@ class EvalResult:
         }
         if self.success_rate is not None:
             out["success_rate"] = self.success_rate
+        out.update({f"{name}_mean": value for name, value in self.signals_mean.items()})
         return out
 
     def to_dict(self) -> dict:
@@ -53,6 +56,7 @@ def evaluate(
     """Run `episodes` episodes with the deterministic policy, through the actors' rollout core."""
     rollout = Rollout([make_env(env_config, seed=seed)], policy, auto_reset=False)
     returns, lengths, successes = [], [], []
+    signals: dict[str, list[float]] = {}
     try:
         for ep in range(episodes):
             if stop is not None and stop.is_set():
@@ -64,6 +68,8 @@ def evaluate(
             episode = finished[0]
             returns.append(episode.episode_return)
             lengths.append(episode.length)
+            for name, total in episode.signals.items():
+                signals.setdefault(name, []).append(total)
             if episode.success is not None:
                 successes.append(episode.success)
     finally:
@@ -77,6 +83,7 @@ def evaluate(
         length_mean=float(np.mean(lengths)),
         success_rate=float(np.mean(successes)) if successes else None,
         returns=returns,
+        signals_mean={name: float(np.mean(values)) for name, values in signals.items()},
     )
 
 

@@ -33,7 +33,9 @@ class EpisodeStats:
     episode_return: float
     length: int
     success: bool | None
-    signals: dict[str, float] = field(default_factory=dict)  # per-episode sums, e.g. {"cost": 3.0}
+    # Per-episode sums of the env's signals and of the policy's `episode_sums` extras,
+    # e.g. {"cost": 3.0, "intervened": 2.0}.
+    signals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,12 +78,14 @@ class Rollout:
         spec = env_spec(self.envs[0])
         self.action_dim = spec.action_dim
         self.signals = spec.signals
+        self.sums = tuple(policy.episode_sums)
         n = len(self.envs)
         self._return = np.zeros(n)
         self._length = np.zeros(n, dtype=np.int64)
         self._success = np.zeros(n, dtype=bool)
         self._has_success = [False] * n
         self._signal_sums = np.zeros((n, len(self.signals)))
+        self._extra_sums = np.zeros((n, len(self.sums)))
         self._done = np.zeros(n, dtype=bool)
         self.obs = np.zeros((n, spec.obs_dim), dtype=np.float32)
         self.reset([None if seed is None else seed + i for i in range(n)])
@@ -113,6 +117,10 @@ class Rollout:
             decision = self.policy.act(obs, deterministic=deterministic)
         actions = self._chunk(decision, n)
         chunk = actions.shape[1]
+        for k, name in enumerate(self.sums):
+            if name not in decision.extras:
+                raise RolloutError(f"the policy sums {name!r} per episode but its step has no such extra")
+            self._extra_sums[:, k] += np.asarray(decision.extras[name], dtype=np.float64).reshape(n)
         reward = np.zeros(n, dtype=np.float64)
         signals = np.zeros((n, len(self.signals)))
         steps = np.zeros(n, dtype=np.int32)
@@ -224,7 +232,10 @@ class Rollout:
             float(self._return[i]),
             int(self._length[i]),
             bool(self._success[i]) if self._has_success[i] else None,
-            {name: float(self._signal_sums[i, k]) for k, name in enumerate(self.signals)},
+            {
+                **{name: float(self._signal_sums[i, k]) for k, name in enumerate(self.signals)},
+                **{name: float(self._extra_sums[i, k]) for k, name in enumerate(self.sums)},
+            },
         )
 
     def _clear(self, i: int) -> None:
@@ -233,6 +244,7 @@ class Rollout:
         self._success[i] = False
         self._has_success[i] = False
         self._signal_sums[i] = 0.0
+        self._extra_sums[i] = 0.0
 
     def _shape(self, columns: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         """Cast produced columns to their declared fields, fill the rest, refuse misfits by name."""

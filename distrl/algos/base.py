@@ -174,6 +174,9 @@ class Policy(Protocol):
 
     param_sets: tuple[str, ...]
     required_params: tuple[str, ...]
+    # Extras the rollout sums over each episode and reports as `episode_<name>` (a shield's
+    # interventions, say), like the env's signals.
+    episode_sums: tuple[str, ...]
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> PolicyStep:
         """[B, obs_dim] float32 observations -> one decision per env."""
@@ -203,6 +206,7 @@ class BasePolicy:
 
     param_sets: tuple[str, ...] = (POLICY_PARAMS,)
     required_params: tuple[str, ...] = ()
+    episode_sums: tuple[str, ...] = ()
 
     def __init__(self, space: SpaceSpec) -> None:
         self.space = space

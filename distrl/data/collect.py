@@ -255,6 +255,7 @@ class _ScriptedDecisions:
 
     param_sets: tuple[str, ...] = ()
     required_params: tuple[str, ...] = ()
+    episode_sums: tuple[str, ...] = ()
 
     def __init__(self, scripted: Any) -> None:
         self._scripted = scripted
@@ -285,6 +286,7 @@ class _NoisyDecisions:
         self.rng = np.random.default_rng()
         self.param_sets = policy.param_sets
         self.required_params = policy.required_params
+        self.episode_sums = policy.episode_sums
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> PolicyStep:
         step = self._policy.act(obs, deterministic=deterministic)

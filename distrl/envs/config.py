@@ -6,11 +6,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-FAMILY_PREFIXES = ("gym", "dmc", "robosuite")
+FAMILY_PREFIXES = ("gym", "dmc", "robosuite", "safe")
 
 
 class RobosuiteOptions(BaseModel):
-    """Options that only apply to `robosuite:` ids.
+    """Options that only apply to `robosuite:` ids (and the robosuite-based `safe:Lift-keepout`).
 
     `controller` is a part-controller name for the arm(s) (`OSC_POSE`, `OSC_POSITION`,
     `JOINT_POSITION`, `JOINT_VELOCITY`, `JOINT_TORQUE`, `IK_POSE`), a robosuite 1.5 composite
@@ -47,7 +47,8 @@ class RobosuiteOptions(BaseModel):
 class EnvConfig(BaseModel):
     """Which environment to build and how.
 
-    `id` is `gym:<Gymnasium id>`, `dmc:<domain>-<task>` or `robosuite:<Env>`.
+    `id` is `gym:<Gymnasium id>`, `dmc:<domain>-<task>`, `robosuite:<Env>` or `safe:<task>`
+    (a cost-aware task, see `distrl.envs.safety`).
     `max_episode_steps` counts steps of the returned env (after action repeat); None keeps the
     family's default (Gymnasium's registered limit, dm_control's time limit, robosuite's
     `horizon`). `terminate_on_success` ends an episode with `terminated=True` at its first step
@@ -89,13 +90,20 @@ class EnvConfig(BaseModel):
     def _robosuite_options_only_for_robosuite(self) -> EnvConfig:
         # Options silently ignored are a common source of "why didn't my change do anything".
         # Defaults are fine (a saved, fully resolved config spells them out).
-        if self.robosuite != RobosuiteOptions() and not self.id.startswith("robosuite:"):
-            raise ValueError(f"robosuite: options only apply to robosuite: ids, not {self.id!r}")
+        if self.robosuite == RobosuiteOptions() or self.id.startswith("robosuite:"):
+            return self
+        from distrl.envs.safety import ROBOSUITE_SAFE_IDS  # imported late: it pulls in gymnasium
+
+        if self.id not in ROBOSUITE_SAFE_IDS:
+            raise ValueError(
+                f"robosuite: options only apply to robosuite: ids and {', '.join(ROBOSUITE_SAFE_IDS)}, "
+                f"not {self.id!r}"
+            )
         return self
 
     @property
     def family(self) -> str:
-        """The id's prefix (`gym`, `dmc`, `robosuite`), or '' if it has none."""
+        """The id's prefix (`gym`, `dmc`, `robosuite`, `safe`), or '' if it has none."""
         prefix, sep, _ = self.id.partition(":")
         return prefix if sep else ""
 

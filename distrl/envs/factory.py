@@ -23,6 +23,7 @@ EXAMPLE_IDS: dict[str, list[str]] = {
         "robosuite:NutAssemblySquare",
         "robosuite:Door",
     ],
+    "safe": ["safe:point-goal", "safe:HalfCheetah-velocity", "safe:Lift-keepout"],
 }
 
 
@@ -36,13 +37,18 @@ def _family_ids(family: str) -> list[str]:
         from distrl.envs.dmc import dmc_ids
 
         return [f"dmc:{i}" for i in dmc_ids()]
+    if family == "safe":
+        from distrl.envs.safety import safe_ids
+
+        return safe_ids()
     from distrl.envs.robosuite_envs import robosuite_ids
 
     return [f"robosuite:{i}" for i in robosuite_ids()]
 
 
 def list_envs() -> dict[str, list[str]]:
-    """Known ids per prefix: Gymnasium's MuJoCo ids, every dm_control suite task, robosuite's envs."""
+    """Known ids per prefix: Gymnasium's MuJoCo ids, every dm_control suite task, robosuite's envs,
+    the cost-aware `safe:` tasks."""
     return {family: _family_ids(family) for family in FAMILY_PREFIXES}
 
 
@@ -61,7 +67,7 @@ def _unknown_id(env_id: str) -> ValueError:
     return ValueError(
         f"unknown env id {env_id!r}.{hint} Ids are <prefix>:<name> with prefix "
         f"{', '.join(p + ':' for p in FAMILY_PREFIXES)} (gym:<Gymnasium id>, dmc:<domain>-<task>, "
-        f"robosuite:<Env>). Known ids: {listing}"
+        f"robosuite:<Env>, safe:<task>). Known ids: {listing}"
     )
 
 
@@ -85,18 +91,24 @@ def _build_family(config: EnvConfig, step_limit: int | None, seed: int | None) -
         from distrl.envs.dmc import make_dmc_env
 
         return make_dmc_env(name, step_limit, seed)
+    if family == "safe":
+        from distrl.envs.safety import make_safe_env
+
+        return make_safe_env(name, config.robosuite, step_limit, seed)
     from distrl.envs.robosuite_envs import make_robosuite_env
 
     return make_robosuite_env(name, config.robosuite, step_limit, seed)
 
 
 def make_env(config: EnvConfig | str | Mapping[str, Any], seed: int | None = None) -> gymnasium.Env:
-    """Build an env from an id (`gym:HalfCheetah-v5`, `dmc:cheetah-run`, `robosuite:Lift`) or config.
+    """Build an env from an id (`gym:HalfCheetah-v5`, `dmc:cheetah-run`, `robosuite:Lift`,
+    `safe:point-goal`) or config.
 
     The env has a flat float32 Box observation and a Box action in [-1, 1] (outside values are
     clipped), reports time limits as `truncated`, and sets `info["success"]` where the task
-    defines success. `seed` (else `config.seed`) seeds the first `reset()` and the action
-    space. `env_spec(env)` describes it.
+    defines success (and `info["cost"]` on `safe:` tasks, see `distrl.envs.safety`). `seed`
+    (else `config.seed`) seeds the first `reset()` and the action space. `env_spec(env)`
+    describes it.
     """
     config = _as_config(config)
     if config.family not in FAMILY_PREFIXES or not config.name:

@@ -16,6 +16,8 @@ from typing import Any, SupportsFloat
 import gymnasium
 import numpy as np
 
+from distrl.envs.spec import declared_signals
+
 try:  # the bare ufunc skips np.clip's Python-level dispatch, several times faster on small arrays
     from numpy._core.umath import clip as _clip
 except ImportError:  # numpy < 2
@@ -169,7 +171,9 @@ class FlatBoxAdapter(gymnasium.Wrapper):
 class ActionRepeat(gymnasium.Wrapper):
     """Repeats each action `repeat` times, summing rewards; stops early when the episode ends.
 
-    `info` is the last inner step's; `info["success"]` is true if any inner step succeeded.
+    `info` is the last inner step's, except that `info["success"]` is true if any inner step
+    succeeded and each declared signal (a per-step `cost`, say) is summed over the inner steps,
+    so an unsafe state passed through mid-repeat still counts.
     """
 
     def __init__(self, env: gymnasium.Env, repeat: int) -> None:
@@ -177,18 +181,24 @@ class ActionRepeat(gymnasium.Wrapper):
             raise ValueError(f"action_repeat must be >= 1, got {repeat}")
         super().__init__(env)
         self._repeat = repeat
+        self._signals = declared_signals(env)
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         total = 0.0
         succeeded = False
+        sums = dict.fromkeys(self._signals, 0.0)
         for _ in range(self._repeat):
             obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
             succeeded = succeeded or bool(info.get("success", False))
+            for name in self._signals:
+                sums[name] += float(info.get(name, 0.0))
             if terminated or truncated:
                 break
         if "success" in info:
             info["success"] = succeeded
+        if sums:
+            info = {**info, **sums}
         return obs, total, terminated, truncated, info
 
 

@@ -295,11 +295,14 @@ class Learner:
 
 
 class _Window:
-    """Metrics accumulated between two reports."""
+    """Metrics accumulated between two reports. Each metric is averaged over the updates that
+    reported it: an actor step every 3rd update, or a shield fit every 1000th, is not diluted by
+    the updates without one."""
 
     def __init__(self) -> None:
         self._start = time.monotonic()
         self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
         self._n = 0
         self._wait = self._step = 0.0
         self._stale_sum = 0.0
@@ -309,6 +312,7 @@ class _Window:
     def add(self, metrics: dict[str, float], wait_s: float, step_s: float, staleness: np.ndarray) -> None:
         for k, v in metrics.items():
             self._sums[k] = self._sums.get(k, 0.0) + float(v)
+            self._counts[k] = self._counts.get(k, 0) + 1
         self._n += 1
         self._wait += wait_s
         self._step += step_s
@@ -326,7 +330,7 @@ class _Window:
         elapsed = max(self.elapsed(), 1e-9)
         out = dict(extra)
         if self._n:
-            out.update({k: v / self._n for k, v in self._sums.items()})
+            out.update({k: v / self._counts[k] for k, v in self._sums.items()})
             out["updates_per_s"] = self._n / elapsed
             out["data_wait_fraction"] = self._wait / elapsed
             out["data_wait_ms"] = 1000 * self._wait / self._n

@@ -155,7 +155,8 @@ def evaluate_run(
         sys.stdout.write("\n")
         return
     success = "" if result.success_rate is None else f", success {100 * result.success_rate:.0f}%"
+    signals = "".join(f", {name} {value:.2f}" for name, value in result.signals_mean.items())
     typer.echo(
         f"{path.name} ({out['updates']} updates): return {result.return_mean:.1f} +- {result.return_std:.1f} "
-        f"over {result.episodes} episodes, length {result.length_mean:.0f}{success}"
+        f"over {result.episodes} episodes, length {result.length_mean:.0f}{success}{signals}"
     )

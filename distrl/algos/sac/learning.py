@@ -352,23 +352,7 @@ class SACLearner:
         appended to every minibatch. `priorities()` then holds |TD| per online item, in order.
         """
         minibatches, num_online = self._minibatches(batch, demo_batch)
-        critic_metrics: list[torch.Tensor] = []
-        td_errors: list[torch.Tensor] = []
-        with torch.enable_grad():
-            for minibatch in minibatches:
-                metrics, td_error = self._critic_step_fn(*minibatch.tensors())
-                critic_metrics.append(metrics)
-                td_errors.append(td_error[:num_online])
-                self.num_critic_updates += 1
-                if self.num_critic_updates % self.config.target_update_interval == 0:
-                    polyak_update(self._target_params, self._critic_params, self.config.tau)
-            self.num_updates += 1
-            actor_metrics = None
-            if self.num_updates % self.config.actor_update_interval == 0:
-                actor_metrics = self._actor_step_fn(*self._actor_inputs(minibatches))
-                self.num_actor_updates += 1
-
-        self._priorities = td_errors[0] if len(td_errors) == 1 else torch.cat(td_errors)
+        critic_metrics, actor_metrics = self._steps(minibatches, num_online)
         # One device->host transfer for all metrics.
         values = torch.cat([*critic_metrics, *([] if actor_metrics is None else [actor_metrics])]).tolist()
         names = CRITIC_METRICS + (SOURCE_METRICS if minibatches[0].demo_mask is not None else ())
@@ -379,6 +363,35 @@ class SACLearner:
             actor_names = ACTOR_METRICS + (DEMO_BC_METRICS if self.config.bc_weight > 0.0 else ())
             out.update(zip(actor_names, values[len(names) * len(minibatches) :], strict=True))
         return out
+
+    def _steps(
+        self,
+        minibatches: list[_Minibatch],
+        num_online: int,
+        extra_step: Callable[[int, _Minibatch], torch.Tensor] | None = None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The critic steps (and Polyak updates) of one update call, then its actor step when due;
+        sets `priorities()`. Returns each critic step's metrics (with `extra_step(i, minibatch)`'s
+        appended: a subclass's own critic on the same minibatch) and the actor's, or None."""
+        critic_metrics: list[torch.Tensor] = []
+        td_errors: list[torch.Tensor] = []
+        with torch.enable_grad():
+            for i, minibatch in enumerate(minibatches):
+                metrics, td_error = self._critic_step_fn(*minibatch.tensors())
+                if extra_step is not None:
+                    metrics = torch.cat((metrics, extra_step(i, minibatch)))
+                critic_metrics.append(metrics)
+                td_errors.append(td_error[:num_online])
+                self.num_critic_updates += 1
+                if self.num_critic_updates % self.config.target_update_interval == 0:
+                    polyak_update(self._target_params, self._critic_params, self.config.tau)
+            self.num_updates += 1
+            actor_metrics = None
+            if self.num_updates % self.config.actor_update_interval == 0:
+                actor_metrics = self._actor_step_fn(*self._actor_inputs(minibatches))
+                self.num_actor_updates += 1
+        self._priorities = td_errors[0] if len(td_errors) == 1 else torch.cat(td_errors)
+        return critic_metrics, actor_metrics
 
     def _actor_inputs(self, minibatches: list[_Minibatch]) -> tuple[torch.Tensor | None, ...]:
         """The actor step's (obs, action, demo_mask): the last minibatch (RLPD) or all of them;

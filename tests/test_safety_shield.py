@@ -410,3 +410,16 @@ def test_state_dims_make_the_shield_a_function_of_those_observation_dims() -> No
     for bad in ([], [-1], [0, 0]):
         with pytest.raises(AlgorithmConfigError, match="state_dims"):
             make_policy("sac", POINT, {"shield": {"state_dims": bad}})
+
+
+def test_bounds_met_within_the_lp_tolerance_are_accepted_and_clipped(fitted) -> None:
+    """HiGHS returned gamma = -4.9e-10 in a HalfCheetah run; the actors refused the set and died."""
+    shield, _ = fitted
+    tensors = shield.tensors()
+    scalars = tensors["scalars"].copy()
+    scalars[3] = -4.9e-10
+    loaded = Shield.from_tensors({**tensors, "scalars": scalars}, 2, 2)
+    assert loaded.gamma == 0.0
+    scalars[3] = -0.01
+    with pytest.raises(ValueError, match="0 <= gamma <= 1"):
+        Shield.from_tensors({**tensors, "scalars": scalars}, 2, 2)

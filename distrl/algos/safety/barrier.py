@@ -188,8 +188,9 @@ def fit_barrier(
     unsafe_slack = x[2 * p + 3 + d :]
     return BarrierFit(
         barrier=KernelBarrier(barrier_basis.centers, alpha, lengthscale),
-        gamma=float(x[g_idx]),
-        c=float(x[c_idx]),
+        # HiGHS meets bounds to its feasibility tolerance (gamma = -5e-10, say): clip onto them.
+        gamma=float(np.clip(x[g_idx], 0.0, 1.0)),
+        c=float(max(x[c_idx], min_c)),
         horizon=int(horizon),
         status=int(result.status),
         message=str(result.message),

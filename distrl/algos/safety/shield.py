@@ -18,6 +18,8 @@ from distrl.algos.safety.kernels import Standardizer, rbf
 TENSOR_NAMES = ("scalars", "mean", "std", "dictionary", "g", "centers", "alpha")
 # scalars = [z lengthscale, x lengthscale, c, gamma, fitted (0/1), horizon]
 _SCALARS = 6
+# c and gamma come out of a linear program, within its feasibility tolerance of their bounds.
+BOUND_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,7 @@ class Shield:
             return cls.unfitted(obs_dim, action_dim)
         if z_len <= 0 or x_len <= 0 or (arrays["std"] <= 0).any():
             raise ValueError("shield parameters: lengthscales and std must be positive")
-        if c < 0 or not 0 <= gamma <= 1 or horizon < 1:
+        if c < -BOUND_TOLERANCE or not -BOUND_TOLERANCE <= gamma <= 1 + BOUND_TOLERANCE or horizon < 1:
             raise ValueError(
                 f"shield parameters: need c >= 0, 0 <= gamma <= 1, horizon >= 1 (got {c}, {gamma}, {horizon})"
             )
@@ -192,8 +194,8 @@ class Shield:
             alpha=arrays["alpha"],
             z_lengthscale=z_len,
             x_lengthscale=x_len,
-            c=c,
-            gamma=gamma,
+            c=max(c, 0.0),
+            gamma=min(max(gamma, 0.0), 1.0),
             horizon=int(horizon),
             tolerance=tolerance,
         )

@@ -197,6 +197,10 @@ def test_demos_placed_in_replay_reach_sacs_behaviour_cloning(tmp_path: Path) -> 
     raw["algo"] = {"name": "sac", "hidden_sizes": [32, 32], "bc_weight": 1.0, "bc_q_filter": False}
     raw["demos"] = {"path": str(demos), "placement": "replay"}
     raw["telemetry"]["report_every_s"] = 0.2
+    # Room for the demo inserts at once: with the probe's tight error buffer the rate limiter held
+    # them back until the learner had sampled enough, and on a loaded machine the last report
+    # window could still see no demo item.
+    raw["replay"]["table"]["error_buffer"] = 10_000
     learner, _, _ = run_pipeline(raw, tmp_path / "run", updates=80)
     assert "is_demo" in {f.name for f in learner.fields}
     assert learner.last_metrics["bc_kept"] > 0.0

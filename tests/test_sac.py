@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from batches import bandit_batch
 from batches import random_batch as shared_random_batch
 
 from distrl.algos import (
@@ -598,15 +599,7 @@ def test_learns_the_best_action_of_a_one_step_bandit() -> None:
     obs = torch.randn(4, spec.obs_dim)
     before = np.abs(algo.make_policy().act(obs.numpy(), deterministic=True).env_actions - best.numpy()).max()
     for _ in range(300):
-        action = torch.rand(64, 2) * 2 - 1
-        batch = {
-            "obs": torch.randn(64, 2),
-            "action": action,
-            "reward": -(action - best).square().sum(-1),
-            "next_obs": torch.randn(64, 2),
-            "terminated": torch.ones(64, dtype=torch.bool),
-        }
-        algo.update(batch)
+        algo.update(bandit_batch(best))
     after = np.abs(algo.make_policy().act(obs.numpy(), deterministic=True).env_actions - best.numpy()).max()
     # The entropy bonus (alpha is still ~0.4 here) keeps the mean a little off a*.
     assert after < 0.15 < before

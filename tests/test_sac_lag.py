@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from batches import bandit_batch
 from batches import random_batch as shared_random_batch
 from run_helpers import distrl, rows
 
@@ -209,15 +210,8 @@ def test_a_large_lagrangian_moves_the_policy_off_costly_actions() -> None:
     constrained = learner(spec, **fast, initial_lagrangian=10.0)
     torch.manual_seed(0)
     for _ in range(300):
-        action = torch.rand(64, 2) * 2 - 1
-        batch = {
-            "obs": torch.randn(64, 2),
-            "action": action,
-            "reward": -(action - best).square().sum(-1),
-            "next_obs": torch.randn(64, 2),
-            "terminated": torch.ones(64, dtype=torch.bool),
-            "cost": action[:, 0].clamp_min(0.0),
-        }
+        batch = bandit_batch(best)
+        batch["cost"] = batch["action"][:, 0].clamp_min(0.0)
         free.update(batch)
         constrained.update(batch)
     obs = torch.randn(256, 2).numpy()

@@ -53,6 +53,7 @@ def _register() -> None:
     app.command("train")(runtime_cli.train)
     app.command("eval")(runtime_cli.evaluate_run)
     app.command("scale")(runtime_cli.scale)
+    app.command("dashboard")(telemetry_cli.dashboard)
     app.add_typer(replay_cli.app, name="replay")
     app.add_typer(params_cli.app, name="params")
     app.add_typer(envs_cli.app, name="envs")

@@ -117,10 +117,34 @@ class PretrainConfig(_Strict):
     bc_batch_size: int = Field(256, ge=1)
 
 
+class EvalVideoConfig(_Strict):
+    """Clips of the deterministic policy, recorded by the evaluator into RUN_DIR/videos/.
+
+    Rendering needs a headless GL backend (MUJOCO_GL=egl on a GPU machine, MUJOCO_GL=osmesa on a
+    CPU one; unset: the evaluator picks one it finds); without one the evaluator logs one warning
+    and records none.
+    """
+
+    every: int = Field(
+        5, ge=0, description="record a clip every N evaluations, the first one included (0: never)"
+    )
+    frames: int = Field(300, ge=1, description="frames per clip: the reset and one per env step")
+    fps: int = Field(30, ge=1, description="playback frames per second")
+    width: int = Field(320, ge=2, description="frame width in pixels (even)")
+    height: int = Field(240, ge=2, description="frame height in pixels (even)")
+
+    @model_validator(mode="after")
+    def _even_size(self) -> EvalVideoConfig:
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even (H.264 yuv420p), got {self.width}x{self.height}")
+        return self
+
+
 class EvalConfig(_Strict):
     enabled: bool = True
     every_updates: int = Field(10_000, ge=1)
     episodes: int = Field(10, ge=1)
+    video: EvalVideoConfig = Field(default_factory=EvalVideoConfig)
 
 
 class WandbConfig(_Strict):
@@ -140,6 +164,12 @@ class TelemetryConfig(_Strict):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     prometheus_port: int | None = Field(None, ge=0, description="serve /metrics for Prometheus on this port")
     dashboard_port: int | None = Field(None, ge=0, description="serve the live web dashboard on this port")
+    run_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="the `run` label of Prometheus series (default: the run directory's name)",
+    )
 
 
 class NetworkConfig(_Strict):

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ import kubernetes_validate
 import pytest
 import typer
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from distrl.cli import app as distrl_app
 from distrl.config import load_config
@@ -186,6 +188,29 @@ def test_learner_asks_for_a_gpu_and_keeps_its_run_dir_on_a_volume(smoke_objects)
     for workload in workloads(smoke_objects):
         resources = container_of(workload)["resources"]
         assert set(resources) == {"requests", "limits"}, workload["metadata"]["name"]
+
+
+def test_coordinator_pod_carries_the_prometheus_scrape_annotations(smoke_objects):
+    """Prometheus' pod discovery (`prometheus.io/*` annotations) finds the coordinator's /metrics, on
+    the port the container serves it; no other pod asks to be scraped. Its series are labelled with
+    the experiment's name, not the pod's run dir (`/data/run` in every experiment)."""
+    coordinator = find(smoke_objects, "Deployment", "coordinator")
+    annotations = coordinator["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    port = int(annotations["prometheus.io/port"])
+    container = container_of(coordinator)
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    assert container["args"][container["args"].index("--prometheus-port") + 1] == str(port)
+    for workload in workloads(smoke_objects):
+        if workload is not coordinator:
+            assert "annotations" not in workload["spec"]["template"]["metadata"], workload["metadata"]
+    config = yaml.safe_load(find(smoke_objects, "ConfigMap", "distrl-config")["data"]["config.yaml"])
+    assert config["telemetry"]["prometheus_port"] == port
+    assert config["telemetry"]["run_name"] == "sac-smoke"  # the experiment's name
+    named = objects_of(render_manifests(load_config(SMOKE, ["telemetry.run_name=seed-3"])))
+    config = yaml.safe_load(find(named, "ConfigMap", "distrl-config")["data"]["config.yaml"])
+    assert config["telemetry"]["run_name"] == "seed-3"
 
 
 def test_secrets_stay_out_of_the_manifests(tmp_path: Path):
@@ -805,6 +830,15 @@ def test_pods_run_as_processes(tmp_path: Path):
 
         wait_until(lambda: progressed(30), 120, runner, "learner updates and new weights at the actors")
         stage("learner updating, actors on new weights")
+        # Prometheus scrapes the coordinator pod where its annotations say; every component is labelled.
+        scrape = coordinator.workload["spec"]["template"]["metadata"]["annotations"]
+        port = coordinator.ports[int(scrape["prometheus.io/port"])]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}{scrape['prometheus.io/path']}", timeout=5)
+        samples = [s for f in text_string_to_metric_families(body.read().decode()) for s in f.samples]
+        assert {s.labels["run"] for s in samples} == {"sac-smoke"}
+        actors = {s.labels["index"] for s in samples if s.labels.get("component") == "actor"}
+        assert len(actors) == 2, actors
+        assert any(s.name == "distrl_updates" and s.labels.get("component") == "learner" for s in samples)
         shards = [runner.addresses[a] for a in k8s.shard_addresses(2)]
         with ReplayClient(shards, security=security, rpc_timeout_s=5) as client:
             infos = client.info(timeout=5)

@@ -43,8 +43,9 @@ def test_layout_puts_widest_first_aligned_and_batch_rows_are_a_table_rows_head()
     assert [(c.name, c.offset) for c in layout.columns] == [("id", 0), ("act", 8), ("obs", 16), ("flag", 28)]
     assert layout.row_bytes == 32  # padded to 8
     table = RowLayout.pack(reversed(fields), with_meta=True)  # dict order does not matter
-    assert [c.name for c in table.columns] == ["id", "act", "obs", "flag", "keys", "policy_version"]
-    assert table.by_name["keys"].offset == 32 and table.row_bytes == 48
+    names = ["id", "act", "obs", "flag", "keys", "policy_version", "learner_version"]
+    assert [c.name for c in table.columns] == names
+    assert table.by_name["keys"].offset == 32 and table.row_bytes == 56
     assert layout.is_prefix_of(table) and not table.is_prefix_of(layout)
     assert not RowLayout.pack(fields[:3]).is_prefix_of(table)
 
@@ -102,6 +103,7 @@ def _table_rows(n: int) -> tuple[np.ndarray, RowLayout]:
         rows[k] = v
     rows["keys"] = np.arange(100, 100 + n)
     rows["policy_version"] = 7
+    rows["learner_version"] = 9
     return rows.view(np.uint8).reshape(n, layout.row_bytes), layout
 
 
@@ -114,6 +116,7 @@ def test_sample_batch_round_trip_uniform_and_prioritized():
     check_rows(cols)
     np.testing.assert_array_equal(cols["keys"], np.arange(100, 106))
     np.testing.assert_array_equal(cols["policy_version"], 7)
+    np.testing.assert_array_equal(cols["learner_version"], 9)
     np.testing.assert_allclose(cols["probabilities"], 1 / 50)
     np.testing.assert_array_equal(cols["weights"], 1.0)
     probs, weights = np.linspace(0.1, 0.6, 6), np.linspace(1, 2, 6)

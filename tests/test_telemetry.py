@@ -342,10 +342,12 @@ def test_prometheus_endpoint_serves_gauges(tmp_path):
         body = urllib.request.urlopen(url, timeout=5).read().decode()
     finally:
         coordinator.close()
+    # The run-level series (labelled with the run dir's name); tests/test_prometheus_labels.py has the rest.
+    run_label = f'{{run="{tmp_path.name}"}}'
     values = {
-        line.split()[0]: float(line.split()[1])
+        line.split()[0].removesuffix(run_label): float(line.split()[1])
         for line in body.splitlines()
-        if line.startswith("distrl_") and " " in line
+        if line.startswith("distrl_") and line.split()[0].endswith(run_label)
     }
     assert values["distrl_env_steps"] == 321
     assert values["distrl_updates"] == 17
@@ -365,8 +367,13 @@ def test_dashboard_serves_page_rows_and_snapshot(tmp_path):
 
     try:
         page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
-        assert "<canvas" in page or "canvas" in page
-        assert "api/metrics" in page and "http://" not in page.replace(base, "")  # no CDN
+        assert "static/uPlot.iife.min.js" in page and "static/dashboard.js" in page
+        for name in ("dashboard.js", "uPlot.iife.min.js", "uPlot.min.css", "dashboard.css"):
+            body = urllib.request.urlopen(f"{base}/static/{name}", timeout=5).read().decode()
+            assert len(body) > 500
+            assert "https://" not in body.replace("https://github.com/leeoniya/uPlot", "")  # no CDN
+        assert "https://" not in page and "http://" not in page  # the page works offline
+        assert get_json("/api/runs") == [{"id": "0", "name": tmp_path.name, "live": True}]
         assert get_json("/api/metrics") == {"rows": [], "next": 0, "more": False}
         for k in range(1, 4):
             coordinator.ingest("actor/0", {"episode_return": float(k)}, env_steps=100 * k)
@@ -527,8 +534,8 @@ def test_console_shows_progress_and_tolerates_missing_metrics():
             "eval/success_rate": 0.8,
             "learner/replay_size": 2500.0,
             "learner/replay_capacity": 10_000.0,
-            "learner/staleness_mean": 1.5,
-            "learner/staleness_max": 4.0,
+            "learner/actor_lag_mean": 1.5,
+            "learner/actor_lag_max": 4.0,
         }
     )
     text = _rendered(full)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,8 +62,13 @@ def serve_evaluator(
     replay: ReplayOpt,
     params: ParamsOpt,
     telemetry: TelemetryOpt = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="evaluation videos go to RUN_DIR/videos (without it: none)"),
+    ] = None,
 ) -> None:
-    """Evaluate the deterministic policy every `eval.every_updates` learner updates."""
+    """Evaluate the deterministic policy every `eval.every_updates` learner updates (and record a
+    clip every `eval.video.every` evaluations)."""
     from distrl.actors.evaluator import Evaluator
     from distrl.config import load_config
     from distrl.wire.lifecycle import stop_on_signals, watch_parent
@@ -71,4 +77,4 @@ def serve_evaluator(
     stop = threading.Event()
     stop_on_signals(stop)
     watch_parent(stop)
-    Evaluator(cfg, _addresses(replay, params, telemetry)).run(stop)
+    Evaluator(cfg, _addresses(replay, params, telemetry), run_dir).run(stop)

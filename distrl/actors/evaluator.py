@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from distrl.actors.actor import ActorAddresses
 from distrl.actors.rollout import Rollout
+from distrl.actors.video import EvalVideoRecorder
 from distrl.algos import POLICY_PARAMS, Policy, make_policy
 from distrl.config import ExperimentConfig
 from distrl.envs import EnvConfig, make_env
+from distrl.envs.render import prefer_headless_gl
 from distrl.experiment import env_space
 from distrl.params import UPDATES_KEY, ParamsClient
 from distrl.telemetry import TelemetryReporter
@@ -89,13 +92,20 @@ def evaluate(
 
 class Evaluator:
     """Watches the parameter server; evaluates each time the learner crosses a multiple of every_updates
-    (and, after behaviour-cloning pretraining, the pretrained policy first)."""
+    (and, after behaviour-cloning pretraining, the pretrained policy first). Every
+    `eval.video.every` evaluations it also records a clip into `run_dir`/videos (see
+    `distrl.actors.video`)."""
 
-    def __init__(self, config: ExperimentConfig, addresses: ActorAddresses) -> None:
+    def __init__(
+        self, config: ExperimentConfig, addresses: ActorAddresses, run_dir: Path | None = None
+    ) -> None:
         self.config = config
         self.addresses = addresses
         torch.set_num_threads(1)
+        if config.eval.video.every and run_dir is not None:
+            prefer_headless_gl()  # before the env below imports mujoco, which reads MUJOCO_GL once
         self.policy = make_policy(config.algo.name, env_space(config.env), config.algo.params())
+        self.videos = EvalVideoRecorder(config.eval.video, config.env, run_dir)
         self.evaluations = 0
 
     def run(self, stop: threading.Event) -> None:
@@ -121,15 +131,12 @@ class Evaluator:
                 if not self._load_sets(subscriptions, loaded):
                     stop.wait(0.5)  # a set the policy needs has not arrived yet
                     continue
-                result = evaluate(
-                    self.policy,
-                    self.config.env,
-                    self.config.eval.episodes,
-                    seed=self.config.seed + EVAL_SEED_OFFSET + self.evaluations * 1_000,
-                    stop=stop,
-                )
-                self.evaluations += 1
+                seed = self.config.seed + EVAL_SEED_OFFSET + self.evaluations * 1_000
+                result = evaluate(self.policy, self.config.env, self.config.eval.episodes, seed, stop=stop)
                 reporter.report({**result.metrics(), "updates": float(updates)}, updates=None)
+                if self.videos.due(self.evaluations) and not stop.is_set():
+                    self.videos.record(self.policy, updates, seed, stop=stop)
+                self.evaluations += 1
                 next_at = (updates // every + 1) * every
         finally:
             for sub in subscriptions.values():

@@ -3,9 +3,10 @@
 What it owns: the algorithm (networks, optimizers) on CUDA when present, its
 checkpoints. What it sends: policy weights to the parameter server every
 `publish_every` updates (version = updates + 1, with the update count in the
-metadata), priority updates back to the shard owning each item, metrics to
-the coordinator. What it waits on: replay batches (the rate limiter holds
-them back when the learner runs ahead of the actors' data).
+metadata), priority updates back to the shard owning each item, its version
+with every sample request (shards stamp it on new items), metrics to the
+coordinator. What it waits on: replay batches (the rate limiter holds them
+back when the learner runs ahead of the actors' data).
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from distrl.experiment import env_space, experiment_fields
 from distrl.learners import checkpoint as ckpt
 from distrl.learners.demos import DemoTable, split_batch
 from distrl.params import UPDATES_KEY, ParamsClient
-from distrl.replay.client import ReplayClient
+from distrl.replay.client import LearnerBatch, ReplayClient, ShardInfo
 from distrl.telemetry import TelemetryReporter
 
 log = logging.getLogger(__name__)
 
 PRIORITY_EPS = 1e-6
+# Per-shard replay metrics (`replay/<i>/...`) go out for the first this many shards only, so a
+# large deployment does not flood the coordinator's metric names.
+MAX_SHARD_METRICS = 64
 
 
 class Learner:
@@ -135,7 +139,7 @@ class Learner:
             while not stop.is_set() and (limit is None or self.updates < limit):
                 t0 = time.perf_counter()
                 try:
-                    batch = replay.sample(batch_items, timeout=0.5)
+                    batch = replay.sample(batch_items, timeout=0.5, learner_version=self.version)
                 except TimeoutError:  # no data yet (warm-up, rate limiter): check for stop, wait on
                     window.idle(time.perf_counter() - t0)
                     continue
@@ -155,8 +159,14 @@ class Learner:
                         "items keep their insert priority (sampling stays uniform)",
                         cfg.algo.name,
                     )
-                staleness = self.version - batch.policy_version
-                window.add(metrics, wait_s=t1 - t0, step_s=time.perf_counter() - t1, staleness=staleness)
+                actor_lag, sample_age = policy_lag(batch, self.version)
+                window.add(
+                    metrics,
+                    wait_s=t1 - t0,
+                    step_s=time.perf_counter() - t1,
+                    actor_lag=actor_lag,
+                    sample_age=sample_age,
+                )
                 if params is not None:
                     self._publish_due(params)
                 if self.updates % cfg.learner.checkpoint_every == 0:
@@ -283,15 +293,47 @@ class Learner:
             infos = replay.info()
         except grpc.RpcError:
             return {}
-        tables = [t for info in infos for t in info.tables if t.name == self.config.replay.table.name]
-        inserts = sum(t.inserts for t in tables)
-        samples = sum(t.samples for t in tables)
-        return {
-            "replay_size": float(sum(t.size for t in tables)),
-            "replay_capacity": float(sum(t.capacity for t in tables)),
-            "samples_per_insert": samples / inserts if inserts else 0.0,
-            "replay_live_shards": float(len(tables)),
-        }
+        return replay_metrics(infos, self.config.replay.table.name)
+
+
+def replay_metrics(infos: list[ShardInfo], table: str) -> dict[str, float]:
+    """Totals of `table` over the shards that answered, and `replay/<i>/...` per shard.
+
+    Per shard (the first MAX_SHARD_METRICS): size, capacity, the achieved samples per
+    insert and, when the table has a rate limit, its target. The coordinator logs them
+    as `learner/replay/<i>/size` etc.; a shard that does not answer reports nothing.
+    """
+    by_shard = [(info.index, t) for info in infos for t in info.tables if t.name == table]
+    tables = [t for _, t in by_shard]
+    inserts = sum(t.inserts for t in tables)
+    samples = sum(t.samples for t in tables)
+    out = {
+        "replay_size": float(sum(t.size for t in tables)),
+        "replay_capacity": float(sum(t.capacity for t in tables)),
+        "samples_per_insert": samples / inserts if inserts else 0.0,
+        "replay_live_shards": float(len(tables)),
+    }
+    for i, t in by_shard:
+        if i >= MAX_SHARD_METRICS:
+            continue
+        out[f"replay/{i}/size"] = float(t.size)
+        out[f"replay/{i}/capacity"] = float(t.capacity)
+        out[f"replay/{i}/samples_per_insert"] = t.samples_per_insert
+        if t.target_samples_per_insert > 0:  # 0: the table has no rate limit
+            out[f"replay/{i}/target_samples_per_insert"] = t.target_samples_per_insert
+    return out
+
+
+def policy_lag(batch: LearnerBatch, learner_version: int) -> tuple[np.ndarray, np.ndarray]:
+    """(actor lag, sample age) of each item, in policy versions.
+
+    Actor lag: the learner's version when the item was inserted less the version that
+    produced it (how far behind the actors act). Sample age: the learner's version now
+    less the one at insertion (how long the item waited in replay). They add up to the
+    version gap between the learner and the item's policy.
+    """
+    inserted = batch.learner_version
+    return inserted - batch.policy_version, learner_version - inserted
 
 
 class _Window:
@@ -305,20 +347,24 @@ class _Window:
         self._counts: dict[str, int] = {}
         self._n = 0
         self._wait = self._step = 0.0
-        self._stale_sum = 0.0
-        self._stale_n = 0
-        self._stale_max = 0
+        self._lags = {"actor_lag": _Versions(), "sample_age": _Versions()}
 
-    def add(self, metrics: dict[str, float], wait_s: float, step_s: float, staleness: np.ndarray) -> None:
+    def add(
+        self,
+        metrics: dict[str, float],
+        wait_s: float,
+        step_s: float,
+        actor_lag: np.ndarray,
+        sample_age: np.ndarray,
+    ) -> None:
         for k, v in metrics.items():
             self._sums[k] = self._sums.get(k, 0.0) + float(v)
             self._counts[k] = self._counts.get(k, 0) + 1
         self._n += 1
         self._wait += wait_s
         self._step += step_s
-        self._stale_sum += float(staleness.sum())
-        self._stale_n += len(staleness)
-        self._stale_max = max(self._stale_max, int(staleness.max()) if len(staleness) else 0)
+        self._lags["actor_lag"].add(actor_lag)
+        self._lags["sample_age"].add(sample_age)
 
     def idle(self, wait_s: float) -> None:
         self._wait += wait_s
@@ -335,7 +381,23 @@ class _Window:
             out["data_wait_fraction"] = self._wait / elapsed
             out["data_wait_ms"] = 1000 * self._wait / self._n
             out["update_ms"] = 1000 * self._step / self._n
-            out["staleness_mean"] = self._stale_sum / max(1, self._stale_n)
-            out["staleness_max"] = float(self._stale_max)
+            for name, versions in self._lags.items():
+                out[f"{name}_mean"] = versions.total / max(1, versions.count)
+                out[f"{name}_max"] = float(versions.high)
         self.__init__()
         return out
+
+
+class _Versions:
+    """Sum, count and max of per-item version gaps over a report window."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+        self.high = 0
+
+    def add(self, gaps: np.ndarray) -> None:
+        if len(gaps):
+            self.total += float(gaps.sum())
+            self.count += len(gaps)
+            self.high = max(self.high, int(gaps.max()))

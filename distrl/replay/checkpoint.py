@@ -5,6 +5,9 @@ each with one group per table. A store is written beside under a temporary
 name and renamed into place when complete, so a crash (even `kill -9`) mid-write
 leaves the previous checkpoint as the newest. Each table group loads as an
 offline dataset: its items (oldest first) form a single episode.
+
+Checkpoints written before items carried `meta/learner_version` still load:
+each item then counts as inserted at its own policy version (no actor lag).
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def _write_table(root: zarr.Group, snap: TableSnapshot) -> None:
             "counters": snap.counters.to_dict(),
             "last_sequence": snap.last_sequence,
             "max_priority": float(snap.max_priority),
+            "latest_learner_version": int(snap.latest_learner_version),
         }
     )
     for name, arr in snap.fields.items():
@@ -126,6 +130,7 @@ def _write_table(root: zarr.Group, snap: TableSnapshot) -> None:
     layout.write_array(group, f"{layout.META}/{layout.EPISODE_ENDS}", np.array([n] if n else [], np.int64))
     layout.write_array(group, f"{layout.META}/keys", snap.keys)
     layout.write_array(group, f"{layout.META}/policy_version", snap.policy_version)
+    layout.write_array(group, f"{layout.META}/learner_version", snap.learner_version)
     layout.write_array(group, f"{layout.META}/priorities", snap.priorities)
 
 
@@ -141,21 +146,34 @@ def _read_table(root: zarr.Group, name: str, path: Path) -> TableSnapshot:
         )
         keys = group[f"{layout.META}/keys"][...]
         fields = {f: group[f"{layout.DATA}/{f}"][...] for f in (spec.fields if spec else {})}
+        policy_version = group[f"{layout.META}/policy_version"][...]
+        # Older checkpoints lack it: items count as inserted at their own policy version.
+        learner_version = (
+            group[f"{layout.META}/learner_version"][...]
+            if "learner_version" in group[layout.META]
+            else policy_version.copy()
+        )
+        latest = attrs.get("latest_learner_version")
         snap = TableSnapshot(
             config=config,
             spec=spec,
             fields=fields,
             keys=keys,
-            policy_version=group[f"{layout.META}/policy_version"][...],
+            policy_version=policy_version,
+            learner_version=learner_version,
             priorities=group[f"{layout.META}/priorities"][...],
             next_key=int(attrs["next_key"]),
             counters=TableCounters.from_dict(attrs["counters"]),
             last_sequence=attrs["last_sequence"],
             max_priority=float(attrs.get("max_priority", 1.0)),
+            latest_learner_version=int(
+                latest if latest is not None else (learner_version.max() if len(learner_version) else 0)
+            ),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: table {name!r} is incomplete or corrupt ({exc})") from None
-    bad = [f for f, a in snap.fields.items() if len(a) != len(keys)]
+    columns = {**snap.fields, "policy_version": snap.policy_version, "learner_version": snap.learner_version}
+    bad = [f for f, a in columns.items() if len(a) != len(keys)]
     if bad:
         raise CheckpointError(f"{path}: table {name!r} field {bad[0]!r} length differs from its keys")
     return snap

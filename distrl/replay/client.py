@@ -171,9 +171,13 @@ class ReplayClient:
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    def sample(self, batch_size: int, timeout: float | None = None) -> LearnerBatch:
+    def sample(
+        self, batch_size: int, timeout: float | None = None, learner_version: int | None = None
+    ) -> LearnerBatch:
         """The next learner batch of `batch_size` items from the prefetch queue.
 
+        `learner_version` (the learner's current policy version) goes to the shards,
+        which stamp it on the items inserted from then on (`LearnerBatch.learner_version`).
         Raises TimeoutError after `timeout` seconds without a batch, ReplayClientError
         when a shard refuses the stream for good (unknown table, bad token).
         """
@@ -187,8 +191,8 @@ class ReplayClient:
                 # A new batch size restarts the streams: buffered items were cut for the old one.
                 if prefetcher is not None:
                     prefetcher.close()
-                prefetcher = self._prefetcher = BatchPrefetcher(self, batch_size)
-        return prefetcher.get(timeout)
+                prefetcher = self._prefetcher = BatchPrefetcher(self, batch_size, learner_version or 0)
+        return prefetcher.get(timeout, learner_version)
 
     def prefetch_stats(self) -> PrefetchStats:
         prefetcher = self._prefetcher

@@ -3,8 +3,8 @@
 Batches travel packed: one `uint8 [n, row_bytes]` Tensor of rows plus a
 `RowLayout` (`distrl.replay.rows`). A sampled batch is the table's gathered
 storage rows, sent as they are; the reader turns the layout into a numpy
-structured dtype, so decoding is `np.frombuffer` and every field (and the keys
-and policy versions) is a zero-copy view. Per-tensor Python overhead used to be
+structured dtype, so decoding is `np.frombuffer` and every field (and the keys,
+policy and learner versions) is a zero-copy view. Per-tensor Python overhead used to be
 most of the cost of a 256-item batch; one tensor per message removes it.
 TransitionBatch also keeps its one-Tensor-per-field form (`encode_transition_batch`)
 for clients that do not pack.
@@ -27,6 +27,7 @@ import numpy as np
 from distrl.proto.v1 import replay_pb2, tensor_pb2
 from distrl.replay.rows import (
     KEYS,
+    LEARNER_VERSION,
     META_COLUMNS,
     POLICY_VERSION,
     LayoutError,
@@ -221,7 +222,7 @@ def _tensor_field(number: int, array: np.ndarray) -> bytes:
 
 @dataclass
 class DecodedSample:
-    """One SampleBatch message: its rows as a structured array (fields, keys, policy_version)."""
+    """One SampleBatch message: its rows as a structured array (fields, keys, policy and learner version)."""
 
     rows: np.ndarray  # 1-D structured, dtype layout.numpy_dtype
     layout: RowLayout
@@ -236,11 +237,11 @@ class DecodedSample:
 
     @cached_property
     def columns(self) -> dict[str, np.ndarray]:
-        """Fields plus `keys`, `policy_version`, `probabilities` and `weights` (filled in when uniform)."""
+        """Fields plus the META_COLUMNS, `probabilities` and `weights` (filled in when uniform)."""
         n = self.size
         columns = {name: self.rows[name] for name in self.layout.field_names}
-        columns[KEYS] = self.rows[KEYS]
-        columns[POLICY_VERSION] = self.rows[POLICY_VERSION]
+        for name in (KEYS, POLICY_VERSION, LEARNER_VERSION):
+            columns[name] = self.rows[name]
         columns["probabilities"] = (
             np.full(n, 1.0 / self.table_size) if self.probabilities is None else self.probabilities
         )

@@ -13,6 +13,12 @@ receives the batch holding it; and the client grants more (on a GrantSamples
 stream beside the call) as the learner takes batches. So a shard never
 samples more than the window ahead of the learner.
 
+The call and every grant carry the learner's current version (`get`'s
+`learner_version`), which the shard stamps on the items inserted from then on:
+what tells actor lag from sample age. A shard hears of a new version with the
+next grant, so its stamp trails the learner by at most half a window of
+learner batches.
+
 A shard whose rate limiter has held its stream back for a whole
 `rate_limiter_timeout_s` (no actor writes to it any more, say, after a
 scale-down) is left out of the proportional split until it delivers again, so
@@ -47,7 +53,7 @@ import numpy as np
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc
 from distrl.replay.connections import FATAL_CODES, ReplayClientError, status_of
 from distrl.replay.messages import DecodedSample, decode_sample_batch
-from distrl.replay.rows import KEYS, POLICY_VERSION
+from distrl.replay.rows import KEYS, LEARNER_VERSION, POLICY_VERSION
 from distrl.wire.codec import TensorDecodeError
 
 if TYPE_CHECKING:
@@ -69,6 +75,9 @@ class LearnerBatch:
     `weights` are importance weights (N P(i))^-beta normalised by the batch
     maximum (ones for uniform sampling); `shard` is the index of the shard owning
     each item, which `ReplayClient.update_priorities` needs beside `keys`.
+    `policy_version` is the version of the policy that produced each item,
+    `learner_version` the learner's version (as its shard had last heard it) when
+    the item was inserted.
     """
 
     fields: dict[str, np.ndarray]
@@ -77,6 +86,7 @@ class LearnerBatch:
     weights: np.ndarray
     probabilities: np.ndarray
     policy_version: np.ndarray
+    learner_version: np.ndarray
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -179,7 +189,7 @@ class BatchPrefetcher:
     prefetch depth allows, so a batch costs one thread hand-off (feed -> caller).
     """
 
-    def __init__(self, client: ReplayClient, batch_size: int) -> None:
+    def __init__(self, client: ReplayClient, batch_size: int, learner_version: int = 0) -> None:
         self.batch_size = batch_size
         self._client = client
         self._chunk = client.sample_chunk_size or batch_size
@@ -195,6 +205,8 @@ class BatchPrefetcher:
         self._error: ReplayClientError | None = None
         self._stop = threading.Event()
         self._stats = PrefetchStats()
+        # The learner's version as of its latest `get`: sent with every call and grant.
+        self._learner_version = learner_version
         self._seed_sizes()
         self._threads = [
             threading.Thread(target=self._run_feed, args=(f,), name=f"replay-sample-{f.index}", daemon=True)
@@ -224,10 +236,13 @@ class BatchPrefetcher:
                 if t.name == client.table and t.size >= max(1, t.min_size_to_sample):
                     feed.size, feed.up = t.size, True
 
-    def get(self, timeout: float | None) -> LearnerBatch:
+    def get(self, timeout: float | None, learner_version: int | None = None) -> LearnerBatch:
+        """The next learner batch; `learner_version` (the caller's policy version) goes to the shards."""
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         with self._cond:
+            if learner_version is not None:
+                self._learner_version = int(learner_version)
             try:
                 while not self._ready:
                     if self._error is not None:
@@ -281,7 +296,7 @@ class BatchPrefetcher:
         """(lock held) Grant the shard's call the free credit, once there is enough for one message."""
         free = self._free_chunks(feed)
         if feed.grants is not None and free >= self._grant_min:
-            feed.grants.send(free)
+            feed.grants.send(free, self._learner_version)
             feed.granted += free
             self._stats.grants += 1
 
@@ -297,12 +312,14 @@ class BatchPrefetcher:
             with cond:
                 # A new call starts with what is free (maybe nothing: get() grants as it frees).
                 feed.granted = first = max(0, self._free_chunks(feed))
+                learner_version = self._learner_version
             request = replay_pb2.SampleRequest(
                 table=client.table,
                 batch_size=self._chunk,
                 num_batches=first,
                 rate_limiter_timeout_ms=max(1, int(client.rate_limiter_timeout_s * 1000)),
                 credit_id=credit_id,
+                learner_version=learner_version,
             )
             call = shard.stub.Sample(request)
             # Without its grants the call would stall: when they stop, so does the call (and is re-opened).
@@ -450,7 +467,8 @@ def _concatenate(parts: list[tuple[int, int, list[DecodedSample]]], n: int) -> L
         if missing or any(len(p.layout.field_names) != len(names) for p in pieces):
             raise ValueError(f"fields differ between shards ({sorted(names)} vs. others)")
         rows = {
-            name: np.concatenate([p.rows[name] for p in pieces]) for name in (*names, KEYS, POLICY_VERSION)
+            name: np.concatenate([p.rows[name] for p in pieces])
+            for name in (*names, KEYS, POLICY_VERSION, LEARNER_VERSION)
         }
     if len(parts) == 1:
         shard = _shard_column(parts[0][0], n)
@@ -479,6 +497,7 @@ def _concatenate(parts: list[tuple[int, int, list[DecodedSample]]], n: int) -> L
         weights=weights,
         probabilities=probabilities,
         policy_version=rows[POLICY_VERSION],
+        learner_version=rows[LEARNER_VERSION],
     )
 
 
@@ -491,8 +510,12 @@ class _GrantStream:
         self._future = stub.GrantSamples.future(_iterate(self._queue))
         self._future.add_done_callback(lambda _: on_end())
 
-    def send(self, num_batches: int) -> None:
-        self._queue.put(replay_pb2.SampleGrant(credit_id=self._credit_id, num_batches=num_batches))
+    def send(self, num_batches: int, learner_version: int) -> None:
+        self._queue.put(
+            replay_pb2.SampleGrant(
+                credit_id=self._credit_id, num_batches=num_batches, learner_version=learner_version
+            )
+        )
 
     def close(self) -> None:
         self._queue.put(None)  # ends gRPC's request-sending thread

@@ -1,11 +1,12 @@
 """Packed rows: every field of an item in one row of bytes, described by a `RowLayout`.
 
-The table's storage keeps each item (its fields, key and policy version) in one
-row, and the wire carries batches the same way: a sample is the gathered rows
-as one `uint8 [n, row_bytes]` tensor plus the layout, and an actor's batch is
-its columns packed into rows. A reader turns the layout into a numpy structured
-dtype, so unpacking is `np.frombuffer` and every field is a zero-copy (strided)
-view. Values are little-endian, as everywhere on the wire.
+The table's storage keeps each item (its fields, key, policy version and the
+learner version when it was inserted) in one row, and the wire carries batches
+the same way: a sample is the gathered rows as one `uint8 [n, row_bytes]`
+tensor plus the layout, and an actor's batch is its columns packed into rows.
+A reader turns the layout into a numpy structured dtype, so unpacking is
+`np.frombuffer` and every field is a zero-copy (strided) view. Values are
+little-endian, as everywhere on the wire.
 
 Columns are ordered widest element first (then by name), so every column sits
 at a multiple of its element size and the order does not depend on the order
@@ -23,10 +24,14 @@ from functools import cached_property
 
 import numpy as np
 
-# Per-item metadata the table stores after the fields; the spec reserves both names.
+# Per-item metadata the table stores after the fields; the spec reserves these names.
 KEYS = "keys"
+# The version of the policy that produced the item (its actor's).
 POLICY_VERSION = "policy_version"
-META_COLUMNS = (KEYS, POLICY_VERSION)
+# The newest learner version the table had seen when the item was inserted: actor lag is
+# learner_version - policy_version, sample age the learner's version at sampling - learner_version.
+LEARNER_VERSION = "learner_version"
+META_COLUMNS = (KEYS, POLICY_VERSION, LEARNER_VERSION)
 
 
 class LayoutError(ValueError):
@@ -68,7 +73,7 @@ class RowLayout:
     def pack(
         cls, fields: Iterable[tuple[str, np.dtype, tuple[int, ...]]], *, with_meta: bool = False
     ) -> RowLayout:
-        """Columns back to back, widest element first; `with_meta` appends int64 keys and policy version.
+        """Columns back to back, widest element first; `with_meta` appends the int64 META_COLUMNS.
 
         The field columns come out the same with or without meta columns, so a
         writer's batch (fields only) is a prefix of a table row. Rows are padded

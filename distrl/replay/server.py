@@ -15,7 +15,9 @@ turns RPCs into table calls and table errors into status codes:
 Sample yields (proto) SampleBatch messages serialized by hand (`encode_sample_batch`:
 the gathered rows copied once) and registers its handlers itself to pass them
 through. A paced Sample call sends one batch per unit of credit, which its
-GrantSamples stream tops up (`_SampleCredits`).
+GrantSamples stream tops up (`_SampleCredits`). The learner version a Sample
+request or grant carries goes to the table (`Table.note_learner_version`),
+which stamps it on the items inserted from then on.
 """
 
 from __future__ import annotations
@@ -228,12 +230,16 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
     def Sample(self, request, context):
         table = self._table(request.table, context)
         self._check_sample_request(request, context)
+        table.note_learner_version(request.learner_version)
         if not request.credit_id:
             count = itertools.count() if request.num_batches == 0 else range(request.num_batches)
             yield from self._sample_batches(table, request, context, count)
             return
         active = self._active(context)
-        with self._credits.open(request.credit_id, request.num_batches, context) as credit:
+        credits = self._credits.open(
+            request.credit_id, request.num_batches, context, on_learner_version=table.note_learner_version
+        )
+        with credits as credit:
             # One batch per unit of credit, waiting for grants when out of it.
             yield from self._sample_batches(table, request, context, iter(lambda: credit.take(active), False))
         if self.shard.closing:
@@ -245,7 +251,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
                 context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {grant.num_batches}"
                 )
-            self._credits.grant(grant.credit_id, grant.num_batches)
+            self._credits.grant(grant.credit_id, grant.num_batches, grant.learner_version)
         return replay_pb2.GrantSamplesResponse()
 
     def _sample_batches(self, table: Table, request, context, credit):
@@ -371,13 +377,18 @@ def _as_is(message: bytes) -> bytes:
 
 
 class _SampleCredit:
-    """How many more batches a paced Sample call may send; GrantSamples adds to it."""
+    """How many more batches a paced Sample call may send; GrantSamples adds to it.
 
-    def __init__(self, granted: int) -> None:
+    A grant's learner version goes to `on_learner_version` (the call's table).
+    """
+
+    def __init__(self, granted: int, on_learner_version: Callable[[int], None]) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._left = granted
+        self.on_learner_version = on_learner_version
 
-    def grant(self, n: int) -> None:
+    def grant(self, n: int, learner_version: int) -> None:
+        self.on_learner_version(learner_version)
         with self._cond:
             self._left += n
             self._cond.notify()
@@ -401,8 +412,14 @@ class _SampleCredits:
         self._by_id: dict[str, _SampleCredit] = {}
 
     @contextlib.contextmanager
-    def open(self, credit_id: str, granted: int, context: grpc.ServicerContext) -> Iterator[_SampleCredit]:
-        credit = _SampleCredit(granted)
+    def open(
+        self,
+        credit_id: str,
+        granted: int,
+        context: grpc.ServicerContext,
+        on_learner_version: Callable[[int], None],
+    ) -> Iterator[_SampleCredit]:
+        credit = _SampleCredit(granted, on_learner_version)
         with self._lock:
             taken = credit_id in self._by_id
             if not taken:
@@ -415,11 +432,11 @@ class _SampleCredits:
             with self._lock:
                 self._by_id.pop(credit_id, None)
 
-    def grant(self, credit_id: str, n: int) -> None:
+    def grant(self, credit_id: str, n: int, learner_version: int) -> None:
         with self._lock:
             credit = self._by_id.get(credit_id)
         if credit is not None:  # else the call has ended: nothing to pace
-            credit.grant(n)
+            credit.grant(n, learner_version)
 
 
 class _Undecodable(Exception):

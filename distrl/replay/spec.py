@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from distrl.replay.config import FieldSpecConfig
-from distrl.replay.rows import RowColumn, RowLayout
+from distrl.replay.rows import META_COLUMNS, RowColumn, RowLayout
 
 # Stored beside every item by the table itself; batches may not use these names.
-RESERVED_FIELDS = frozenset({"policy_version", "keys", "probabilities", "weights"})
+RESERVED_FIELDS = frozenset({*META_COLUMNS, "probabilities", "weights"})
 
 
 class SpecViolation(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distrl.replay.rows import KEYS, POLICY_VERSION, RowLayout
+from distrl.replay.rows import KEYS, LEARNER_VERSION, POLICY_VERSION, RowLayout
 from distrl.replay.spec import TableSpec
 
 EMPTY = -1
@@ -16,11 +16,12 @@ class RingStorage:
     A key is the item's insertion counter, so `key % capacity` is its slot and
     a stale key (its slot since overwritten) is recognised by comparing keys.
 
-    Every field of an item, its key and its policy version live in one row of
-    bytes (`layout`), so a sample gathers one contiguous row per item instead of
-    one random access per field (on a full million-item table ~3x faster), and
-    the gathered rows go on the wire as they are. `fields`, `keys` and
-    `policy_version` are strided views into the rows.
+    Every field of an item, its key, its policy version and the learner version
+    it was inserted at live in one row of bytes (`layout`), so a sample gathers
+    one contiguous row per item instead of one random access per field (on a full
+    million-item table ~3x faster), and the gathered rows go on the wire as they
+    are. `fields`, `keys`, `policy_version` and `learner_version` are strided
+    views into the rows.
     """
 
     def __init__(self, spec: TableSpec, capacity: int) -> None:
@@ -34,29 +35,40 @@ class RingStorage:
         self.keys = views.pop(KEYS)
         self.keys[:] = EMPTY
         self.policy_version = views.pop(POLICY_VERSION)
+        self.learner_version = views.pop(LEARNER_VERSION)
         self.fields = {name: views[name] for name in spec.fields}
         self.next_key = 0
         self.size = 0
 
-    def write(self, slots: np.ndarray, batch: dict[str, np.ndarray], policy_version: int) -> np.ndarray:
+    def write(
+        self, slots: np.ndarray, batch: dict[str, np.ndarray], policy_version: int, learner_version: int
+    ) -> np.ndarray:
         """Write one item per slot (slots must be free); returns the new items' keys."""
         target = _contiguous(slots)
         for name, arr in self.fields.items():
             arr[target] = batch[name]
-        return self._finish_write(target, len(slots), policy_version)
+        return self._finish_write(target, len(slots), policy_version, learner_version)
 
     def write_rows(
-        self, slots: np.ndarray, rows: np.ndarray, layout: RowLayout, policy_version: int
+        self,
+        slots: np.ndarray,
+        rows: np.ndarray,
+        layout: RowLayout,
+        policy_version: int,
+        learner_version: int,
     ) -> np.ndarray:
         """Write packed rows whose `layout` is a prefix of the storage's (see RowLayout.is_prefix_of)."""
         target = _contiguous(slots)
         self._rows[target, : layout.row_bytes] = rows
-        return self._finish_write(target, len(slots), policy_version)
+        return self._finish_write(target, len(slots), policy_version, learner_version)
 
-    def _finish_write(self, target: slice | np.ndarray, n: int, policy_version: int) -> np.ndarray:
+    def _finish_write(
+        self, target: slice | np.ndarray, n: int, policy_version: int, learner_version: int
+    ) -> np.ndarray:
         keys = np.arange(self.next_key, self.next_key + n, dtype=np.int64)
         self.keys[target] = keys
         self.policy_version[target] = policy_version
+        self.learner_version[target] = learner_version
         self.next_key += n
         self.size += n
         return keys

@@ -14,7 +14,7 @@ import numpy as np
 from distrl.replay.config import TableConfig
 from distrl.replay.item_samplers import ItemSampler, PrioritizedSampler, UniformSampler
 from distrl.replay.rate_limiter import RateLimiter
-from distrl.replay.rows import KEYS, POLICY_VERSION, PackedBatch, RowLayout
+from distrl.replay.rows import KEYS, LEARNER_VERSION, POLICY_VERSION, PackedBatch, RowLayout
 from distrl.replay.spec import PackedCheck, SpecViolation, TableSpec
 from distrl.replay.stats import FieldSpecInfo, TableCounters, TableStats
 from distrl.replay.storage import FifoRemover, RingStorage
@@ -75,6 +75,10 @@ class SampledRows:
         return self._views[POLICY_VERSION]
 
     @property
+    def learner_version(self) -> np.ndarray:
+        return self._views[LEARNER_VERSION]
+
+    @property
     def probabilities(self) -> np.ndarray:
         if self.sampled_probabilities is None:
             return np.full(len(self), 1.0 / self.table_size)
@@ -97,11 +101,15 @@ class TableSnapshot:
     fields: dict[str, np.ndarray]
     keys: np.ndarray
     policy_version: np.ndarray
+    # The learner version each item was inserted at (see rows.LEARNER_VERSION).
+    learner_version: np.ndarray
     priorities: np.ndarray
     next_key: int
     counters: TableCounters
     last_sequence: dict[str, int]
     max_priority: float = 1.0
+    # The newest learner version the table had seen (what it stamps new items with).
+    latest_learner_version: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -128,6 +136,8 @@ class Table:
             self._set_spec(TableSpec.from_config(config.spec))
         self._last_sequence: dict[str, int] = {}
         self._packed_checks: dict[RowLayout, tuple[PackedCheck, bool]] = {}
+        # The newest learner version the table knows of (see `learner_version`); stamped on every insert.
+        self._learner_version = 0
         self._closed = False
 
     # -- public ---------------------------------------------------------------
@@ -138,6 +148,27 @@ class Table:
 
     def __len__(self) -> int:
         return 0 if self._storage is None else self._storage.size
+
+    @property
+    def learner_version(self) -> int:
+        """The newest learner version the table knows of: what items inserted now are stamped with.
+
+        Sampling learners tell it (`note_learner_version`); an inserted batch's policy
+        version implies it too, as every policy version is one the learner has reached,
+        so a batch whose weights arrived before the learner's next grant is not stamped
+        below its own version (no negative actor lag).
+        """
+        return self._learner_version
+
+    def note_learner_version(self, version: int) -> None:
+        """A learner's Sample call or grant says its version; the largest wins.
+
+        So a grant overtaken by a newer one (or a sampler that sends none, 0) never
+        moves the stamp back.
+        """
+        if version > self._learner_version:
+            with self._cond:
+                self._learner_version = max(self._learner_version, int(version))
 
     def insert(
         self,
@@ -192,6 +223,7 @@ class Table:
                 if sequence <= self._last_sequence.get(actor_id, -1):  # a resend raced us while we waited
                     self._counters.duplicate_batches += 1
                     return InsertResult(stored=False, table_size=len(self))
+            self._learner_version = max(self._learner_version, int(policy_version))
             if known is not None and known[1]:
                 self._store_rows(packed, n, policy_version)
             else:
@@ -287,23 +319,26 @@ class Table:
             if storage is None:
                 slots = np.zeros(0, dtype=np.int64)
                 fields: dict[str, np.ndarray] = {}
-                keys = policy_version = np.zeros(0, dtype=np.int64)
+                keys = policy_version = learner_version = np.zeros(0, dtype=np.int64)
             else:
                 slots = storage.slots_oldest_first()
                 fields = storage.read(slots)
                 keys = storage.keys[slots]
                 policy_version = storage.policy_version[slots]
+                learner_version = storage.learner_version[slots]
             return TableSnapshot(
                 config=self.config,
                 spec=self._spec,
                 fields=fields,
                 keys=keys,
                 policy_version=policy_version,
+                learner_version=learner_version,
                 priorities=self._sampler.priorities(slots).astype(np.float64),
                 next_key=0 if storage is None else storage.next_key,
                 counters=self._counters.copy(),
                 last_sequence=dict(self._last_sequence),
                 max_priority=getattr(self._sampler, "max_priority", 1.0),
+                latest_learner_version=self._learner_version,
             )
 
     @classmethod
@@ -325,6 +360,7 @@ class Table:
                     "fields": {k: v[keep] for k, v in snap.fields.items()},
                     "keys": keys,
                     "policy_version": snap.policy_version[keep],
+                    "learner_version": snap.learner_version[keep],
                     "priorities": snap.priorities[keep],
                 }
             )
@@ -335,6 +371,7 @@ class Table:
                 arr[slots] = snap.fields[name]
             storage.keys[slots] = keys
             storage.policy_version[slots] = snap.policy_version
+            storage.learner_version[slots] = snap.learner_version
             storage.size = len(keys)
             table._sampler.insert(slots)
             if isinstance(table._sampler, PrioritizedSampler):
@@ -344,6 +381,7 @@ class Table:
             storage.next_key = snap.next_key
         table._counters = table._limiter.counters = snap.counters.copy()
         table._last_sequence = {k: int(v) for k, v in snap.last_sequence.items()}
+        table._learner_version = int(snap.latest_learner_version)
         return table
 
     # -- internals --------------------------------------------------------------
@@ -368,7 +406,7 @@ class Table:
             fields = {k: v[n - storage.capacity :] for k, v in fields.items()}
             n = storage.capacity
         slots = self._make_room(n)
-        storage.write(slots, fields, policy_version)
+        storage.write(slots, fields, policy_version, self._learner_version)
         self._sampler.insert(slots)
         self._limiter.record_insert(n)
 
@@ -380,7 +418,7 @@ class Table:
         if n > storage.capacity:
             rows, n = rows[n - storage.capacity :], storage.capacity
         slots = self._make_room(n)
-        storage.write_rows(slots, rows, packed.layout, policy_version)
+        storage.write_rows(slots, rows, packed.layout, policy_version, self._learner_version)
         self._sampler.insert(slots)
         self._limiter.record_insert(n)
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from distrl.runtime.run import CONFIG_FILE
+
+if TYPE_CHECKING:
+    from distrl.algos import Policy
+    from distrl.config import ExperimentConfig
 
 
 def train(
@@ -133,8 +138,29 @@ def evaluate_run(
     episodes: Annotated[int, typer.Option("--episodes", min=1)] = 10,
     seed: Annotated[int, typer.Option("--seed")] = 12345,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    video: Annotated[
+        Path | None,
+        typer.Option(
+            "--video",
+            help="record one episode to this MP4 instead of evaluating (needs MUJOCO_GL=egl or osmesa, "
+            "picked when unset)",
+        ),
+    ] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option("--frames", min=1, help="--video: at most this many frames (default: eval.video)"),
+    ] = None,
+    fps: Annotated[int | None, typer.Option("--fps", min=1, help="--video: frames per second")] = None,
+    width: Annotated[int | None, typer.Option("--width", min=2, help="--video: frame width (even)")] = None,
+    height: Annotated[
+        int | None, typer.Option("--height", min=2, help="--video: frame height (even)")
+    ] = None,
 ) -> None:
-    """Evaluate the newest checkpoint's deterministic policy."""
+    """Evaluate the newest checkpoint's deterministic policy, or record an episode of it (--video)."""
+    if video is not None:
+        from distrl.envs.render import prefer_headless_gl
+
+        prefer_headless_gl()  # before anything imports mujoco, which reads MUJOCO_GL once
     from distrl.actors.evaluator import evaluate
     from distrl.algos import make_algorithm
     from distrl.config import load_config
@@ -148,6 +174,11 @@ def evaluate_run(
     state = ckpt.load_checkpoint(path)
     algo = make_algorithm(cfg.algo.name, ckpt.checkpoint_space(state), cfg.algo.params(), "cpu")
     algo.load_state_dict(state["algo"])
+    if video is not None:
+        about = {"checkpoint": str(path), "updates": int(state["updates"])}
+        sizes = {"frames": frames, "fps": fps, "width": width, "height": height}
+        _record_video(algo.make_policy(), cfg, video, seed, sizes, about, as_json)
+        return
     result = evaluate(algo.make_policy(), cfg.env, episodes, seed=seed)
     out = {"checkpoint": str(path), "updates": int(state["updates"]), **result.to_dict()}
     if as_json:
@@ -159,4 +190,40 @@ def evaluate_run(
     typer.echo(
         f"{path.name} ({out['updates']} updates): return {result.return_mean:.1f} +- {result.return_std:.1f} "
         f"over {result.episodes} episodes, length {result.length_mean:.0f}{success}{signals}"
+    )
+
+
+def _record_video(
+    policy: Policy,
+    cfg: ExperimentConfig,
+    path: Path,
+    seed: int,
+    options: dict[str, int | None],
+    about: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """`distrl eval --video`: one episode to `path`; the options not given (None) are the run's
+    `eval.video` settings."""
+    from distrl.actors.video import check_frame_size, record_episode
+    from distrl.envs.render import RenderUnavailable
+
+    settings = cfg.eval.video.model_copy(update={k: v for k, v in options.items() if v is not None})
+    frames, fps, width, height = settings.frames, settings.fps, settings.width, settings.height
+    try:
+        check_frame_size(width, height)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--width/--height") from None
+    try:
+        clip = record_episode(policy, cfg.env, path, seed, frames, fps, width, height)
+    except RenderUnavailable as exc:
+        typer.echo(f"error: cannot render {cfg.env.id}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        json.dump({**about, **asdict(clip), "path": str(clip.path)}, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    ended = "the episode ended" if clip.finished else "cut at --frames"
+    typer.echo(
+        f"{clip.path}: {clip.frames} frames, {width}x{height} at {fps} fps ({ended}, return "
+        f"{clip.episode_return:.1f}); rendered at {clip.frames / max(clip.render_s, 1e-9):.1f} frames/s"
     )

@@ -154,7 +154,13 @@ def cluster_config(config: ExperimentConfig, options: RenderOptions) -> Experime
     security = SecurityConfig.model_construct(**mounted)
     network = config.network.model_copy(update={"host": "0.0.0.0", "security": security})
     telemetry = config.telemetry.model_copy(
-        update={"console": False, "dashboard_port": DASHBOARD_PORT, "prometheus_port": PROMETHEUS_PORT}
+        update={
+            "console": False,
+            "dashboard_port": DASHBOARD_PORT,
+            "prometheus_port": PROMETHEUS_PORT,
+            # Every coordinator's run dir is /data/run: label its Prometheus series by the experiment.
+            "run_name": config.telemetry.run_name or config.name[:128] or None,
+        }
     )
     actors = config.actors.model_copy(update={"num_actors": options.actors or config.actors.num_actors})
     replay = config.replay.model_copy(update={"num_shards": options.shards or config.replay.num_shards})

@@ -14,6 +14,7 @@ replay), and `distrl train --resume RUN_DIR` continues from there.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from distrl.config import ExperimentConfig
+from distrl.envs.render import headless_gl_backend
 from distrl.experiment import replay_table_config
 from distrl.replay.config import ReplayShardConfig
 from distrl.runtime import scaling
@@ -61,6 +63,10 @@ class LocalLauncher:
         self._common: list[str] = []
         self._stop = threading.Event()
         self._reason = "stopped"
+        # The evaluator renders clips (eval.video): with MUJOCO_GL unset it gets a headless backend,
+        # chosen before an env built here sets MUJOCO_GL=disable for this process and its children.
+        backend = None if "MUJOCO_GL" in os.environ else headless_gl_backend()
+        self._evaluator_gl = {"MUJOCO_GL": backend} if backend else {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -134,7 +140,8 @@ class LocalLauncher:
                 for i in range(cfg.actors.num_actors):
                     self._child(f"actor-{i}", ["serve", "actor", *common, "--index", str(i)], False, True)
                 if cfg.eval.enabled:
-                    self._child("evaluator", ["serve", "evaluator", *common], False, True)
+                    evaluator = ["serve", "evaluator", *common, "--run-dir", str(self.run_dir)]
+                    self._child("evaluator", evaluator, False, True).env.update(self._evaluator_gl)
                 for child in self.children.values():
                     if child.proc is None:
                         child.start()

@@ -273,5 +273,7 @@ class EvaluatorComponent(_LoopComponent):
         super().__init__(name, config_data, run_dir)
         from distrl.actors.evaluator import Evaluator
 
-        self.runner = Evaluator(self.config, _actor_addresses(addresses))
+        # Clips go to RUN_DIR/videos when the run directory is visible from this node.
+        visible = (self.run_dir / "config.yaml").is_file()
+        self.runner = Evaluator(self.config, _actor_addresses(addresses), self.run_dir if visible else None)
         self._start()

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from distrl.telemetry.console import ConsoleProgress
     from distrl.telemetry.coordinator import Coordinator, load_progress, start_coordinator_server
     from distrl.telemetry.reporter import TelemetryReporter
+    from distrl.telemetry.sources import SourceLatest
 
 _EXPORTS = {
     "MetricsRow": "distrl.telemetry.aggregate",
@@ -27,6 +28,7 @@ _EXPORTS = {
     "load_progress": "distrl.telemetry.coordinator",
     "start_coordinator_server": "distrl.telemetry.coordinator",
     "TelemetryReporter": "distrl.telemetry.reporter",
+    "SourceLatest": "distrl.telemetry.sources",
 }
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Coordinator",
     "MetricsRow",
     "Progress",
+    "SourceLatest",
     "TelemetryReporter",
     "TelemetrySnapshot",
     "load_progress",

@@ -33,6 +33,10 @@ LIVE_AFTER_S = 15.0
 # Run-level rates are measured over this span (or 5 windows, if longer), so a source
 # that reports just before or after a window boundary does not make the rate jump.
 RATE_HORIZON_S = 10.0
+# The console's rates and the ETA fade old counts with this time constant (see SmoothedRate):
+# a report that arrives late, or actors that stall on the rate limiter and then catch up,
+# barely move them, while a real change of pace shows within a minute or two.
+SMOOTHING_S = 60.0
 
 
 class Reduction(str, Enum):
@@ -168,6 +172,10 @@ class TelemetrySnapshot:
     rows: int
     last: dict[str, float]  # the last known value of every metric, across windows
     notes: tuple[str, ...] = ()
+    # The rates over about a minute (SMOOTHING_S), for the console and the ETA; None where not
+    # measured, and the 10 s rates above (the rows' rates) stand in.
+    smoothed_env_steps_per_s: float | None = None
+    smoothed_updates_per_s: float | None = None
 
     @property
     def fraction_done(self) -> float | None:
@@ -176,10 +184,22 @@ class TelemetrySnapshot:
         return min(1.0, self.env_steps / self.total_env_steps)
 
     @property
+    def steady_env_steps_per_s(self) -> float:
+        """The smoothed env-step rate (what the ETA and the console use)."""
+        smoothed = self.smoothed_env_steps_per_s
+        return self.env_steps_per_s if smoothed is None else smoothed
+
+    @property
+    def steady_updates_per_s(self) -> float:
+        smoothed = self.smoothed_updates_per_s
+        return self.updates_per_s if smoothed is None else smoothed
+
+    @property
     def eta_s(self) -> float | None:
-        if not self.total_env_steps or self.env_steps_per_s <= 0:
+        rate = self.steady_env_steps_per_s
+        if not self.total_env_steps or rate <= 0:
             return None
-        return max(0.0, self.total_env_steps - self.env_steps) / self.env_steps_per_s
+        return max(0.0, self.total_env_steps - self.env_steps) / rate
 
     def to_json_dict(self) -> dict:
         return {
@@ -188,6 +208,8 @@ class TelemetrySnapshot:
             "wall_time": self.wall_time,
             "env_steps_per_s": self.env_steps_per_s,
             "updates_per_s": self.updates_per_s,
+            "smoothed_env_steps_per_s": self.steady_env_steps_per_s,
+            "smoothed_updates_per_s": self.steady_updates_per_s,
             "live_actors": self.live_actors,
             "live_sources": list(self.live_sources),
             "total_env_steps": self.total_env_steps,
@@ -197,6 +219,38 @@ class TelemetrySnapshot:
             "last": self.last,
             "notes": list(self.notes),
         }
+
+
+class SmoothedRate:
+    """Counts per second over an exponentially fading past: faded counts / faded seconds.
+
+    Both sums fade with `time_constant_s`. Against a 60 s window this never jumps when
+    an old burst of counts leaves the window: a burst raises the rate by burst / time
+    constant and then fades out. Dividing by the faded seconds (not by the time
+    constant) makes it the plain average while the run is younger than the time
+    constant, so the first minute's ETA is not inflated.
+    """
+
+    def __init__(self, time_constant_s: float, now: float, count: int) -> None:
+        self.time_constant_s = time_constant_s
+        self._time = now
+        self._count = count
+        self._counts = 0.0
+        self._seconds = 0.0
+
+    @property
+    def per_s(self) -> float | None:
+        """None until some time has passed."""
+        return self._counts / self._seconds if self._seconds > 0 else None
+
+    def update(self, now: float, count: int) -> None:
+        dt = now - self._time
+        if dt <= 0:
+            return
+        fade = math.exp(-dt / self.time_constant_s)
+        self._counts = self._counts * fade + max(0, count - self._count)
+        self._seconds = self._seconds * fade + dt
+        self._time, self._count = now, count
 
 
 @dataclass
@@ -254,6 +308,8 @@ class RunAggregate:
         )
         self._env_steps_per_s = 0.0
         self._updates_per_s = 0.0
+        self._smoothed_env_steps = SmoothedRate(SMOOTHING_S, now, self.env_steps.total)
+        self._smoothed_updates = SmoothedRate(SMOOTHING_S, now, self.updates.total)
         self.dropped_names = 0
 
     # -- input ----------------------------------------------------------------------------------
@@ -330,6 +386,8 @@ class RunAggregate:
             rows=self._rows,
             last=dict(self._last),
             notes=notes,
+            smoothed_env_steps_per_s=self._smoothed_env_steps.per_s,
+            smoothed_updates_per_s=self._smoothed_updates.per_s,
         )
 
     def progress(self, now: float, unix_time: float | None = None) -> Progress:
@@ -367,6 +425,8 @@ class RunAggregate:
         if now - t0 > 0:
             self._env_steps_per_s = max(0.0, (self.env_steps.total - env0) / (now - t0))
             self._updates_per_s = max(0.0, (self.updates.total - upd0) / (now - t0))
+        self._smoothed_env_steps.update(now, self.env_steps.total)
+        self._smoothed_updates.update(now, self.updates.total)
 
     def _live(self, kind: str | None, now: float) -> list[str]:
         return sorted(

@@ -126,3 +126,45 @@ def serve_coordinator(
         coordinator.close()
 
     serve_until_signalled(running, on_shutdown=_shutdown)
+
+
+def dashboard(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="run directories (each with a metrics.jsonl), finished or running")
+    ],
+    host: Annotated[
+        str, typer.Option("--host", help="address to serve on (127.0.0.1: this machine only)")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="port to serve on (0: any free)")
+    ] = 8080,
+) -> None:
+    """Serve the web dashboard for one or more runs, side by side, from their RUN_DIR/metrics.jsonl.
+
+    Running runs keep updating (the files are followed); compare seeds and configs without W&B.
+    """
+    import signal
+    import threading
+
+    from distrl.telemetry.dashboard import Dashboard
+    from distrl.telemetry.dashboard_runs import FileRun, unique_names
+
+    runs = []
+    try:
+        for k, (run_dir, name) in enumerate(zip(run_dirs, unique_names(run_dirs), strict=True)):
+            runs.append(FileRun(str(k), run_dir, name))
+        server = Dashboard(runs, host, port)
+    except (OSError, ValueError) as exc:
+        for run in runs:
+            run.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2 if isinstance(exc, FileNotFoundError) else 1) from None
+    typer.echo(f"dashboard of {len(runs)} run(s) on {server.url}  (Ctrl-C to stop)", err=True)
+    # stdout's line is for launchers and tests, as `distrl serve` does.
+    typer.echo(f"listening on {server.host}:{server.port}", err=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    server.close()

@@ -2,12 +2,17 @@
 
 On a terminal: one `rich` panel redrawn about twice a second. Otherwise (a log
 file, a pod's stdout): one plain line every `log_every_s`. Both read the
-coordinator's snapshot and show '-' for anything not reported yet.
+coordinator's snapshot and show '-' for anything not reported yet. Rates and
+the ETA are the snapshot's smoothed ones (over about a minute), so they move
+steadily; metrics.jsonl keeps the 10 s rates.
 
 Metric names it looks for (what components should report under):
 `actor/episode_return`, `eval/return_mean`, `eval/success_rate` (or
 `actor/episode_success`), `learner/replay_size`, `learner/replay_capacity`,
-`learner/staleness_mean`, `learner/staleness_max`.
+`learner/actor_lag_mean`, `learner/actor_lag_max` (policy lag: the learner's
+version when an item was inserted less the version that produced it),
+`learner/sample_age_mean`, `learner/sample_age_max` (the learner's version at
+sampling less the one at insertion).
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ EVAL_RETURN = "eval/return_mean"
 SUCCESS = ("eval/success_rate", "actor/episode_success")
 REPLAY_SIZE = "learner/replay_size"
 REPLAY_CAPACITY = "learner/replay_capacity"
-STALENESS_MEAN = "learner/staleness_mean"
-STALENESS_MAX = "learner/staleness_max"
+ACTOR_LAG_MEAN = "learner/actor_lag_mean"
+ACTOR_LAG_MAX = "learner/actor_lag_max"
+SAMPLE_AGE_MEAN = "learner/sample_age_mean"
+SAMPLE_AGE_MAX = "learner/sample_age_max"
 
 
 def _num(value: float | int | None, digits: int = 1) -> str:
@@ -63,6 +70,11 @@ def _replay_fill(snap: TelemetrySnapshot) -> tuple[float | None, float | None, f
     return size, capacity, fraction
 
 
+def _versions(snap: TelemetrySnapshot, mean: str, high: str, sep: str = "/") -> str:
+    """A mean and max of version gaps (`-` until reported)."""
+    return f"{_num(snap.last.get(mean), 2)}{sep}{_num(snap.last.get(high), 0)}"
+
+
 def format_line(snap: TelemetrySnapshot) -> str:
     """One plain log line (for when stdout is not a terminal)."""
     total = f"/{snap.total_env_steps:,}" if snap.total_env_steps else ""
@@ -70,12 +82,13 @@ def format_line(snap: TelemetrySnapshot) -> str:
     size, _, fill = _replay_fill(snap)
     parts = [
         f"[{_duration(snap.wall_time)}] env_steps {snap.env_steps:,}{total}{done}",
-        f"{_num(snap.env_steps_per_s)} steps/s",
-        f"updates {snap.updates:,} ({_num(snap.updates_per_s)}/s)",
+        f"{_num(snap.steady_env_steps_per_s)} steps/s",
+        f"updates {snap.updates:,} ({_num(snap.steady_updates_per_s)}/s)",
         f"return {_num(snap.last.get(EPISODE_RETURN))}",
         f"eval {_num(snap.last.get(EVAL_RETURN))} (success {_percent(_success(snap))})",
         f"replay {_num(size)} ({_percent(fill)})",
-        f"staleness {_num(snap.last.get(STALENESS_MEAN))}/{_num(snap.last.get(STALENESS_MAX))}",
+        f"policy lag {_versions(snap, ACTOR_LAG_MEAN, ACTOR_LAG_MAX)}",
+        f"sample age {_versions(snap, SAMPLE_AGE_MEAN, SAMPLE_AGE_MAX)}",
         f"actors {snap.live_actors}",
     ]
     return " | ".join(parts)
@@ -98,16 +111,15 @@ def render_panel(snap: TelemetrySnapshot) -> Panel:
             f"{_percent(snap.fraction_done)}  ETA {_duration(snap.eta_s)}",
         )
     grid.add_row("env steps", steps)
-    grid.add_row("env steps/s", _num(snap.env_steps_per_s))
-    grid.add_row("updates", f"{snap.updates:,}  ({_num(snap.updates_per_s)}/s)")
+    grid.add_row("env steps/s", _num(snap.steady_env_steps_per_s))
+    grid.add_row("updates", f"{snap.updates:,}  ({_num(snap.steady_updates_per_s)}/s)")
     grid.add_row("episode return", _num(snap.last.get(EPISODE_RETURN), 2))
     grid.add_row("eval return", f"{_num(snap.last.get(EVAL_RETURN), 2)}  success {_percent(_success(snap))}")
     size, capacity, fill = _replay_fill(snap)
     grid.add_row("replay", f"{_num(size)} / {_num(capacity)}  ({_percent(fill)})")
-    grid.add_row(
-        "staleness",
-        f"mean {_num(snap.last.get(STALENESS_MEAN), 2)}  max {_num(snap.last.get(STALENESS_MAX), 0)}",
-    )
+    # In policy versions: how far behind the actors act, and how long items wait in replay.
+    grid.add_row("policy lag", "mean " + _versions(snap, ACTOR_LAG_MEAN, ACTOR_LAG_MAX, "  max "))
+    grid.add_row("sample age", "mean " + _versions(snap, SAMPLE_AGE_MEAN, SAMPLE_AGE_MAX, "  max "))
     grid.add_row("actors", f"{snap.live_actors} live")
     body: RenderableType = grid
     if snap.notes:

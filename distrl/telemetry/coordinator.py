@@ -1,10 +1,11 @@
 """The coordinator: receives every component's metrics and drives all the outputs.
 
 What it owns: the run's aggregate (`aggregate.RunAggregate`: counters that
-survive restarts, the open window, the last known values), `run_dir/metrics.jsonl`
-(one row per window with at least one report), `run_dir/progress.json`
-(rewritten with every row; pass its contents back as `resume_from` to continue
-a run), and the optional outputs: W&B, Prometheus, the web dashboard and the
+survive restarts, the open window, the last known values), each source's latest
+values (`sources.SourceLatest`: Prometheus' labelled series, the dashboard's
+per-actor panels), `run_dir/metrics.jsonl` (one row per window with at least one
+report), `run_dir/progress.json` (rewritten with every row; pass its contents back
+as `resume_from` to continue a run), and the optional outputs: W&B, Prometheus, the web dashboard and the
 console display (`console()`, started by whoever owns the terminal).
 
 What it receives: `Telemetry.Report(stream MetricBatch)` calls (any number at
@@ -32,6 +33,7 @@ from distrl.proto.v1 import telemetry_pb2, telemetry_pb2_grpc
 from distrl.telemetry.aggregate import MetricsRow, Progress, RunAggregate, TelemetrySnapshot
 from distrl.telemetry.console import ConsoleProgress
 from distrl.telemetry.sinks import METRICS_FILE, JsonlSink, MetricsSink, PrometheusSink, WandbSink
+from distrl.telemetry.sources import SourceLatest
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import RunningServer, start_server
 
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name
 DEFAULT_PORT = 50053
 PROGRESS_FILE = "progress.json"
+EVENTS_FILE = "events.jsonl"
 MAX_SOURCE_CHARS = 256
 MAX_METRICS_PER_BATCH = 100_000
 MAX_NOTES = 20
@@ -128,6 +131,8 @@ class Coordinator:
         self._flush_lock = threading.Lock()  # rows reach the sinks whole and in order
         self._aggregate = RunAggregate(config.report_every_s, time.monotonic(), total_env_steps, progress)
         self._notes: deque[str] = deque(maxlen=MAX_NOTES)
+        # Each source's latest values: Prometheus' labelled series, the dashboard's per-actor panels.
+        self.sources = SourceLatest()
         self._sinks: list[tuple[str, MetricsSink]] = []
         self._failed_sinks: set[str] = set()
         self._warned_names = False
@@ -151,7 +156,13 @@ class Coordinator:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._sinks.append(("metrics.jsonl", JsonlSink(self.run_dir / METRICS_FILE)))
         if config.prometheus_port is not None:
-            self.prometheus = PrometheusSink(config.prometheus_port, host)
+            self.prometheus = PrometheusSink(
+                config.prometheus_port,
+                host,
+                run=config.run_name or (self.run_dir.resolve().name if self.run_dir else "distrl"),
+                sources=self.sources,
+                live_after_s=self._aggregate.live_after_s,
+            )
             self._sinks.append(("prometheus", self.prometheus))
         if config.dashboard_port is not None:
             from distrl.telemetry.dashboard import Dashboard, RowHistory
@@ -159,7 +170,9 @@ class Coordinator:
             history = RowHistory()
             if resume and self.run_dir is not None:
                 history.load_jsonl(self.run_dir / METRICS_FILE)
-            self.dashboard = Dashboard(self.snapshot, host, config.dashboard_port, history)
+            self.dashboard = Dashboard.live(
+                self.dashboard_snapshot, self.run_dir, host, config.dashboard_port, history
+            )
             self._sinks.append(("dashboard", self.dashboard))
         if config.wandb.enabled:
             self.wandb = WandbSink(
@@ -191,7 +204,9 @@ class Coordinator:
         items = metrics.items() if isinstance(metrics, Mapping) else metrics
         pairs = [(str(name), float(value)) for name, value in items]
         with self._lock:
-            kept = self._aggregate.ingest(source, env_steps, updates, pairs, time.monotonic())
+            now = time.monotonic()
+            kept = self._aggregate.ingest(source, env_steps, updates, pairs, now)
+            self.sources.observe(source, pairs, now, env_steps=env_steps, updates=updates)
             dropped = self._aggregate.dropped_names
         if dropped and not self._warned_names:
             self._warned_names = True
@@ -199,16 +214,39 @@ class Coordinator:
         return kept
 
     def note(self, message: str) -> None:
-        """A line for the console and dashboard (e.g. 'actor-3 restarted')."""
+        """A line for the console and the dashboard's event timeline (e.g. 'actor-3 restarted'),
+        also appended to `run_dir/events.jsonl` so `distrl dashboard RUN_DIR` shows it later."""
         log.info("%s", message)
         with self._lock:
             self._notes.append(f"[{time.strftime('%H:%M:%S')}] {message}")
+            now = time.monotonic()
+            event = {
+                "time": round(time.time(), 3),
+                "wall_time": round(self._aggregate.wall_time(now), 3),
+                "env_steps": self._aggregate.env_steps.total,
+                "message": message,
+            }
+        if self.run_dir is not None and "events" not in self._failed_sinks:
+            try:
+                with (self.run_dir / EVENTS_FILE).open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(event) + "\n")
+            except OSError as exc:
+                self._failed_sinks.add("events")
+                log.error("cannot write %s: %s", self.run_dir / EVENTS_FILE, exc)
 
     # -- output ---------------------------------------------------------------------------------
 
     def snapshot(self) -> TelemetrySnapshot:
         with self._lock:
             return self._aggregate.snapshot(time.monotonic(), tuple(self._notes))
+
+    def dashboard_snapshot(self) -> dict[str, Any]:
+        """The snapshot plus each live source's latest values (per-actor throughput, per shard)."""
+        with self._lock:
+            now = time.monotonic()
+            snap = self._aggregate.snapshot(now, tuple(self._notes))
+            sources = self.sources.table(now, self._aggregate.live_after_s)
+        return {**snap.to_json_dict(), "sources": sources, "live": True}
 
     def console(self, console=None, live: bool | None = None, log_every_s: float = 10.0) -> ConsoleProgress:
         """A console display of this run; the caller starts and stops it."""

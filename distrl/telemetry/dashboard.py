@@ -1,102 +1,80 @@
-"""The live web dashboard: one self-contained page and two JSON endpoints.
+"""The web dashboard: a page (vendored uPlot, no CDN) and a small JSON + server-sent-events API.
 
-- `GET /`: the page (`dashboard_page.PAGE`; inline JS and canvas, no CDN).
-- `GET /api/metrics?since=N`: `{"rows": [...], "next": M, "more": bool}`, the rows
-  with index >= N (each row is a metrics.jsonl object plus its `index`).
-- `GET /api/snapshot`: the coordinator's current snapshot.
+- `GET /`: the page; `GET /static/NAME`: its script, styles and the vendored uPlot.
+- `GET /api/runs`: `[{"id", "name", "live"}]`, the runs this dashboard shows.
+- `GET /api/metrics?run=ID&since=N`: `{"rows": [...], "next": M, "more": bool}`, rows with
+  index >= N (each row is a metrics.jsonl object plus its `index`).
+- `GET /api/snapshot?run=ID`: the run now (counters, rates, ETA, last values, live sources,
+  per-source values), its events (restarts, scaling) and its evaluation clips.
+- `GET /api/stream?run=ID&since=N[&run=ID&since=N...]`: server-sent events, one connection for
+  every run shown: `rows` (`{"run", "rows", "next"}`) as windows close, `snapshot` (`{"run", ...}`)
+  every two seconds, a comment line as keep-alive.
+- `GET /videos/ID/NAME.mp4`: a clip of `RUN_DIR/videos/` (byte ranges served, so it seeks).
 
-Served by the standard library's ThreadingHTTPServer on a daemon thread. The
-history is bounded: past `max_rows`, the older half is thinned to every other
-row, so a week-long run still plots its whole curve in bounded memory.
+`ID` defaults to the first run. Served by the standard library's ThreadingHTTPServer on
+daemon threads; at most `max_streams` event streams are open at once (a 503 past that).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import select
+import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from distrl.telemetry.aggregate import MetricsRow, TelemetrySnapshot
-from distrl.telemetry.dashboard_page import PAGE
+from distrl.telemetry.aggregate import MetricsRow
+from distrl.telemetry.dashboard_runs import DashboardRun, LiveRun, RowHistory, video_path
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS_PER_RESPONSE = 5000
+STATIC_FILES = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+    "uPlot.LICENSE": "text/plain; charset=utf-8",
+}
+SNAPSHOT_EVERY_S = 2.0
+KEEPALIVE_EVERY_S = 15.0
+VIDEO_URL = re.compile(r"^/videos/([^/]+)/([^/]+)$")
 
-
-class RowHistory:
-    """The rows so far, each given the next index, thinned when there are too many."""
-
-    def __init__(self, max_rows: int = 20_000) -> None:
-        if max_rows < 2:
-            raise ValueError(f"max_rows must be >= 2, got {max_rows}")
-        self.max_rows = max_rows
-        self._rows: list[dict[str, Any]] = []
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def append(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            self._rows.append({**row, "index": self._next})
-            self._next += 1
-            if len(self._rows) > self.max_rows:
-                half = len(self._rows) // 2
-                self._rows = self._rows[:half:2] + self._rows[half:]
-
-    def since(self, index: int, limit: int = MAX_ROWS_PER_RESPONSE) -> tuple[list[dict[str, Any]], int, bool]:
-        """Rows with index >= `index` (at most `limit`), the index to ask for next, and whether more wait."""
-        with self._lock:
-            # Rows are kept in index order; indices are sparse after thinning.
-            lo, hi = 0, len(self._rows)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if self._rows[mid]["index"] < index:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            rows = self._rows[lo : lo + limit]
-            more = lo + limit < len(self._rows)
-        next_index = rows[-1]["index"] + 1 if rows else index
-        return rows, next_index, more
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def load_jsonl(self, path: Path) -> None:
-        """Prefill from an existing metrics.jsonl (a resumed run); unreadable lines are skipped."""
-        if not path.is_file():
-            return
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(row, dict):
-                    self.append(row)
+__all__ = ["Dashboard", "RowHistory"]
 
 
 def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, allow_nan=False).encode()
 
 
+def _static(name: str) -> bytes:
+    return resources.files("distrl.telemetry").joinpath("static", name).read_bytes()
+
+
 class Dashboard:
-    """Serves the page and its data on `host:port` (port 0 picks a free one); also a metrics sink."""
+    """Serves the page and the data of `runs` on `host:port` (port 0 picks a free one).
+
+    In a coordinator it shows one `LiveRun` (see `Dashboard.live`) and is also a metrics sink
+    (`write(row)`); `distrl dashboard RUN_DIR...` shows `FileRun`s.
+    """
 
     def __init__(
-        self,
-        snapshot: Callable[[], TelemetrySnapshot],
-        host: str = "127.0.0.1",
-        port: int = 0,
-        history: RowHistory | None = None,
+        self, runs: Sequence[DashboardRun], host: str = "127.0.0.1", port: int = 0, max_streams: int = 32
     ) -> None:
-        self.history = history or RowHistory()
-        self._snapshot = snapshot
+        if not runs:
+            raise ValueError("a dashboard needs at least one run")
+        self.runs = {run.id: run for run in runs}
+        self._first = runs[0]
+        self._streams = threading.BoundedSemaphore(max_streams)
+        self._closing = threading.Event()
+        self._page = _static("index.html")
         handler = _make_handler(self)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
@@ -110,24 +88,123 @@ class Dashboard:
         )
         self._thread.start()
 
+    @classmethod
+    def live(
+        cls,
+        snapshot: Callable[[], dict[str, Any]],
+        run_dir: Path | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        history: RowHistory | None = None,
+    ) -> Dashboard:
+        """The dashboard of a coordinator's own run (rows arrive through `write`)."""
+        name = Path(run_dir).resolve().name if run_dir is not None else "run"
+        run = LiveRun(
+            "0", name, Path(run_dir) if run_dir is not None else None, history or RowHistory(), snapshot
+        )
+        return cls([run], host, port)
+
+    @property
+    def history(self) -> RowHistory:
+        return self._first.history
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
     def write(self, row: MetricsRow) -> None:
-        self.history.append(row.to_json_dict())
+        self._first.history.append(row.to_json_dict())
 
     def close(self, timeout: float = 5.0) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout)
+        for run in self.runs.values():
+            run.close()
 
-    def snapshot_json(self) -> bytes:
-        return _json_bytes(self._snapshot().to_json_dict())
+    # -- what the handler serves ----------------------------------------------------------------
 
-    def metrics_json(self, since: int) -> bytes:
-        rows, next_index, more = self.history.since(since)
+    def run(self, run_id: str | None) -> DashboardRun | None:
+        return self._first if run_id is None else self.runs.get(run_id)
+
+    def runs_json(self) -> bytes:
+        return _json_bytes([run.describe() for run in self.runs.values()])
+
+    def snapshot_dict(self, run: DashboardRun) -> dict[str, Any]:
+        snap = dict(run.snapshot())
+        snap["run"] = run.id
+        snap["events"] = run.events()
+        snap["videos"] = [v.to_json_dict() for v in run.videos()]
+        return snap
+
+    def metrics_json(self, run: DashboardRun, since: int) -> bytes:
+        rows, next_index, more = run.history.since(since)
         return _json_bytes({"rows": rows, "next": next_index, "more": more})
+
+    def stream(self, handler: BaseHTTPRequestHandler, cursors: dict[str, int]) -> None:
+        """Server-sent events for `cursors` (run id -> next row index) until the client leaves."""
+        runs = [self.runs[run_id] for run_id in cursors]
+        last_snapshot = last_write = 0.0
+        while not self._closing.is_set() and not _client_left(handler):
+            sent = False
+            for run in runs:
+                while True:
+                    rows, next_index, more = run.history.since(cursors[run.id])
+                    if not rows:
+                        break
+                    cursors[run.id] = next_index
+                    _send_event(handler, "rows", {"run": run.id, "rows": rows, "next": next_index})
+                    sent = True
+                    if not more:
+                        break
+            now = time.monotonic()
+            if now - last_snapshot >= SNAPSHOT_EVERY_S:
+                last_snapshot = now
+                for run in runs:
+                    _send_event(handler, "snapshot", self.snapshot_dict(run))
+                sent = True
+            if sent:
+                last_write = now
+            elif now - last_write >= KEEPALIVE_EVERY_S:
+                handler.wfile.write(b": keep-alive\n\n")
+                handler.wfile.flush()
+                last_write = now
+            # Wake on the first run's new rows; the others are checked at least twice a second.
+            runs[0].history.wait_past(cursors[runs[0].id], 0.5)
+
+
+def _client_left(handler: BaseHTTPRequestHandler) -> bool:
+    """Whether the peer closed the connection (a readable socket with nothing to read), so a
+    stream's slot comes free at once rather than at the next failed write."""
+    sock = handler.connection
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _send_event(handler: BaseHTTPRequestHandler, event: str, data: Any) -> None:
+    handler.wfile.write(b"event: " + event.encode() + b"\ndata: " + _json_bytes(data) + b"\n\n")
+    handler.wfile.flush()
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """`bytes=START-[END]` -> (start, end inclusive) within `size`; None for no or another range."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip()) if header else None
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None
+    if match.group(1):
+        start = int(match.group(1))
+        end = int(match.group(2)) if match.group(2) else size - 1
+    else:  # the last N bytes
+        start, end = max(0, size - int(match.group(2))), size - 1
+    return start, min(end, size - 1)
+
+
+class BadRequest(ValueError):
+    """A query the dashboard cannot answer; the message goes back with a 400."""
 
 
 def _make_handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
@@ -136,36 +213,114 @@ def _make_handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             url = urlparse(self.path)
+            query = parse_qs(url.query)
             try:
-                if url.path in ("/", "/index.html"):
-                    self._send(200, PAGE.encode(), "text/html; charset=utf-8")
-                elif url.path == "/api/snapshot":
-                    self._send(200, dashboard.snapshot_json(), "application/json")
-                elif url.path == "/api/metrics":
-                    raw = parse_qs(url.query).get("since", ["0"])[0]
-                    try:
-                        since = max(0, int(raw))
-                    except ValueError:
-                        self._send(400, _json_bytes({"error": f"since must be an integer, got {raw!r}"}))
-                        return
-                    self._send(200, dashboard.metrics_json(since), "application/json")
-                else:
-                    self._send(404, _json_bytes({"error": f"no such page: {url.path}"}))
+                self._route(url.path, query)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the browser went away mid-response
+            except BadRequest as exc:
+                self._send(400, _json_bytes({"error": str(exc)}))
             except Exception as exc:
                 log.warning("dashboard: %s failed: %s", url.path, exc)
-                self._send(500, _json_bytes({"error": str(exc)}))
+                try:
+                    self._send(500, _json_bytes({"error": str(exc)}))
+                except OSError:
+                    pass
 
-        def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        def _route(self, path: str, query: dict[str, list[str]]) -> None:
+            if path in ("/", "/index.html"):
+                self._send(200, dashboard._page, "text/html; charset=utf-8")
+            elif path.startswith("/static/") and path[len("/static/") :] in STATIC_FILES:
+                name = path[len("/static/") :]
+                self._send(200, _static(name), STATIC_FILES[name], cache=True)
+            elif path == "/api/runs":
+                self._send(200, dashboard.runs_json())
+            elif path == "/api/snapshot":
+                self._send(200, _json_bytes(dashboard.snapshot_dict(self._run(query))))
+            elif path == "/api/metrics":
+                run = self._run(query)
+                self._send(200, dashboard.metrics_json(run, _index(query.get("since", ["0"])[0])))
+            elif path == "/api/stream":
+                self._stream(query)
+            elif (match := VIDEO_URL.match(path)) is not None:
+                self._video(*match.groups())
+            else:
+                self._send(404, _json_bytes({"error": f"no such page: {path}"}))
+
+        def _run(self, query: dict[str, list[str]]) -> DashboardRun:
+            run_id = query.get("run", [None])[0]
+            run = dashboard.run(run_id)
+            if run is None:
+                raise BadRequest(f"no run {run_id!r} (runs: {', '.join(dashboard.runs)})")
+            return run
+
+        def _stream(self, query: dict[str, list[str]]) -> None:
+            ids = query.get("run") or [dashboard._first.id]
+            since = query.get("since") or []
+            if len(since) not in (0, len(ids)):
+                raise BadRequest("give one since= per run= (or none)")
+            cursors = {}
+            for k, run_id in enumerate(ids):
+                if run_id not in dashboard.runs:
+                    raise BadRequest(f"no run {run_id!r} (runs: {', '.join(dashboard.runs)})")
+                cursors[run_id] = _index(since[k]) if since else 0
+            if not dashboard._streams.acquire(blocking=False):
+                self._send(503, _json_bytes({"error": "too many open dashboard streams"}))
+                return
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Accel-Buffering", "no")  # proxies must not hold events back
+                self.end_headers()
+                self.wfile.write(b"retry: 2000\n\n")
+                dashboard.stream(self, cursors)
+            finally:
+                dashboard._streams.release()
+
+        def _video(self, run_id: str, name: str) -> None:
+            run = dashboard.runs.get(run_id)
+            path = video_path(run.run_dir if run is not None else None, name)
+            if path is None:
+                self._send(404, _json_bytes({"error": f"no clip {name!r} in run {run_id!r}"}))
+                return
+            data = path.read_bytes()
+            span = _parse_range(self.headers.get("Range"), len(data))
+            if span is None:
+                self._send(200, data, "video/mp4", extra={"Accept-Ranges": "bytes"})
+                return
+            start, end = span
+            if start >= len(data) or start > end:
+                self._send(416, b"", "video/mp4", extra={"Content-Range": f"bytes */{len(data)}"})
+                return
+            extra = {"Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end}/{len(data)}"}
+            self._send(206, data[start : end + 1], "video/mp4", extra=extra)
+
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            content_type: str = "application/json",
+            cache: bool = False,
+            extra: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
+            self.send_header("Cache-Control", "max-age=300" if cache else "no-store")
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
             self.end_headers()
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per poll would drown the console
+            pass  # one line per request would drown the console
 
     return Handler
+
+
+def _index(raw: str) -> int:
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise BadRequest(f"since must be an integer, got {raw!r}") from None

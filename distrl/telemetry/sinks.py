@@ -14,17 +14,22 @@ import os
 import queue
 import re
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlparse
 
-from distrl.telemetry.aggregate import MetricsRow
+from distrl.telemetry.aggregate import LIVE_AFTER_S, MetricsRow
+from distrl.telemetry.clips import VIDEO_DIR, NewClips
+from distrl.telemetry.sources import SourceLatest
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 WANDB_ID_FILE = "wandb_run_id"
+VIDEO_KEY = "eval/video"
 
 
 class MetricsSink(Protocol):
@@ -87,7 +92,8 @@ class WandbSink:
     Rows wait in a bounded queue (dropped, with one warning, when it is full). The
     first wandb exception (e.g. the server is unreachable) is logged once and the
     sink turns itself off. A resumed run continues the same W&B run (its id is kept
-    in `run_dir/wandb_run_id`).
+    in `run_dir/wandb_run_id`). Each evaluation clip that appears in `run_dir/videos`
+    goes with the next row as `eval/video` (the newest, when several appeared).
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class WandbSink:
         self._disabled = threading.Event()
         self._warned_full = False
         self.run_path: str | None = None
+        self._clips = NewClips(self.run_dir / VIDEO_DIR) if self.run_dir is not None else None
         self._thread = threading.Thread(target=self._run, name="telemetry-wandb", daemon=True)
         self._thread.start()
 
@@ -172,7 +179,11 @@ class WandbSink:
                 if row is None:
                     break
                 last_step = max(last_step, row.env_steps)  # W&B steps never go back
-                run.log(row.to_json_dict(), step=last_step)
+                values: dict[str, Any] = row.to_json_dict()
+                clip = self._new_clip(wandb)
+                if clip is not None:
+                    values[VIDEO_KEY] = clip
+                run.log(values, step=last_step)
         except Exception as exc:  # any wandb failure turns the sink off, never the run
             self._disabled.set()
             log.warning("W&B logging disabled: %s: %s", type(exc).__name__, exc)
@@ -184,6 +195,18 @@ class WandbSink:
                     log.warning("W&B finish failed: %s", exc)
             self._disabled.set()
 
+    def _new_clip(self, wandb: Any) -> Any:
+        """The newest clip that appeared since the last row, as a wandb.Video, or None."""
+        if self._clips is None:
+            return None
+        try:
+            new = self._clips.take()
+            return wandb.Video(str(new[-1]), format="mp4") if new else None
+        except Exception as exc:  # a clip W&B cannot take costs the videos, not the metrics
+            self._clips = None
+            log.warning("W&B evaluation videos disabled: %s: %s", type(exc).__name__, exc)
+            return None
+
 
 # -- Prometheus -------------------------------------------------------------------------------------
 
@@ -194,39 +217,91 @@ def prometheus_name(name: str) -> str:
 
 
 class PrometheusSink:
-    """Serves `/metrics` on `port` with one gauge per metric (its last window's value)."""
+    """Serves `/metrics` on `port`: the run's gauges and every live source's latest values.
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    Run-level series carry the label `run` and hold the last window's value of each metric
+    (`distrl_env_steps{run="R"}`, `distrl_actor_episode_return{run="R"}`). Per-source series add
+    `component` and `index` (`distrl_episode_return{component="actor",index="3",run="R"}`, the
+    name as the source reported it) and are read from `sources` at scrape time, so nothing is
+    stored twice and a source silent for `live_after_s` disappears. A scrape is bounded by the
+    run's metric names plus `sources`' bounds (sources x names per source).
+
+    The sink is its own prometheus_client collector: one family per name holds both kinds of
+    series, since the same name (e.g. `env_steps`) may be both a run total and a source's count.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        run: str = "distrl",
+        sources: SourceLatest | None = None,
+        live_after_s: float = LIVE_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from prometheus_client import CollectorRegistry, start_http_server
 
-        # A private registry: several coordinators (tests) never collide on gauge names.
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._gauges: dict[str, Any] = {}
+        self.run = run
+        self.sources = sources
+        self.live_after_s = live_after_s
+        self._clock = clock
         self._lock = threading.Lock()
+        self._run_values: dict[str, float] = {"env_steps": 0.0, "updates": 0.0}
+        # A private registry: several coordinators (tests) never collide on metric names.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
             raise OSError(f"cannot serve Prometheus metrics on {host}:{port}: {exc}") from None
         self.host = host
         self.port = int(self._server.server_port)
-        for name in ("env_steps", "updates"):
-            self._gauge(name).set(0)
 
     def write(self, row: MetricsRow) -> None:
-        for name, value in row.to_json_dict().items():
-            if name != "time":
-                self._gauge(name).set(value)
+        values = {name: float(value) for name, value in row.to_json_dict().items() if name != "time"}
+        with self._lock:
+            self._run_values.update(values)
 
     def close(self, timeout: float = 5.0) -> None:
         self._server.shutdown()
         self._server.server_close()
 
-    def _gauge(self, name: str):
-        from prometheus_client import Gauge
+    # -- the collector --------------------------------------------------------------------------
 
-        key = prometheus_name(name)
+    def describe(self) -> list:
+        # The names change from scrape to scrape: nothing for the registry to check up front.
+        return []
+
+    def collect(self) -> list:
+        return self.families(self._clock())
+
+    def families(self, now: float) -> list:
+        """Every metric family a scrape at `now` (the clock `sources` is observed with) returns."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        families: dict[str, GaugeMetricFamily] = {}
+        seen: set[tuple[str, ...]] = set()  # two names may sanitise to one: keep the first
+
+        def add(name: str, labels: dict[str, str], value: float) -> None:
+            key = prometheus_name(name)
+            series = (key, *labels.values())
+            if series in seen:
+                return
+            seen.add(series)
+            family = families.get(key)
+            if family is None:
+                family = families[key] = GaugeMetricFamily(key, f"distrl metric {name}")
+            family.add_sample(key, labels, value)
+
         with self._lock:
-            gauge = self._gauges.get(key)
-            if gauge is None:
-                gauge = self._gauges[key] = Gauge(key, f"distrl metric {name}", registry=self.registry)
-            return gauge
+            run_values = list(self._run_values.items())
+        for name, value in run_values:
+            add(name, {"run": self.run}, value)
+        if self.sources is not None:
+            for source, values in self.sources.table(now, self.live_after_s).items():
+                component, index = self.sources.labels(source)
+                labels = {"component": component, "index": index, "run": self.run}
+                for name, value in values.items():
+                    add(name, labels, value)
+        return list(families.values())

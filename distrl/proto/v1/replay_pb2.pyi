@@ -66,26 +66,30 @@ class InsertAck(_message.Message):
     def __init__(self, actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., stored: _Optional[bool] = ..., table_size: _Optional[int] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
-    __slots__ = ("table", "batch_size", "num_batches", "rate_limiter_timeout_ms", "credit_id")
+    __slots__ = ("table", "batch_size", "num_batches", "rate_limiter_timeout_ms", "credit_id", "learner_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITER_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     CREDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     batch_size: int
     num_batches: int
     rate_limiter_timeout_ms: int
     credit_id: str
-    def __init__(self, table: _Optional[str] = ..., batch_size: _Optional[int] = ..., num_batches: _Optional[int] = ..., rate_limiter_timeout_ms: _Optional[int] = ..., credit_id: _Optional[str] = ...) -> None: ...
+    learner_version: int
+    def __init__(self, table: _Optional[str] = ..., batch_size: _Optional[int] = ..., num_batches: _Optional[int] = ..., rate_limiter_timeout_ms: _Optional[int] = ..., credit_id: _Optional[str] = ..., learner_version: _Optional[int] = ...) -> None: ...
 
 class SampleGrant(_message.Message):
-    __slots__ = ("credit_id", "num_batches")
+    __slots__ = ("credit_id", "num_batches", "learner_version")
     CREDIT_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_VERSION_FIELD_NUMBER: _ClassVar[int]
     credit_id: str
     num_batches: int
-    def __init__(self, credit_id: _Optional[str] = ..., num_batches: _Optional[int] = ...) -> None: ...
+    learner_version: int
+    def __init__(self, credit_id: _Optional[str] = ..., num_batches: _Optional[int] = ..., learner_version: _Optional[int] = ...) -> None: ...
 
 class GrantSamplesResponse(_message.Message):
     __slots__ = ()

@@ -1,9 +1,10 @@
 """What every benchmark shares: the machine description, results, the table and the JSON file.
 
 JSON format (DESIGN.md "Benchmarks"): {"benchmark", "machine": {cpu, cores, gpu, torch,
-python}, "config", "results": [{"name", "value", "unit", "baseline", "baseline_value",
-"ratio"}]}, where ratio = value / baseline_value oriented so higher is better for us and the
-baseline is measured in the same run.
+python}, "config", "results": [{"name", "value", "unit", "baseline", "baseline_kind",
+"baseline_value", "ratio"}]}, where ratio = value / baseline_value oriented so higher is better
+for us. `baseline_kind` says what the ratio is against: "measured", a peer measured in the same
+run on the same machine, or "target", a constant goal (a number we aim for, not a competitor's).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Result:
     baseline_value: float | None = None
     # When lower is better for `value` (e.g. seconds), the ratio is inverted.
     lower_is_better: bool = False
+    # "target": the baseline value is a constant goal, not a peer measured in this run.
+    baseline_kind: Literal["measured", "target"] = "measured"
 
     @property
     def ratio(self) -> float | None:
@@ -47,6 +51,7 @@ class Result:
             "value": self.value,
             "unit": self.unit,
             "baseline": self.baseline,
+            "baseline_kind": self.baseline_kind if self.baseline is not None else None,
             "baseline_value": self.baseline_value,
             "ratio": self.ratio,
         }
@@ -80,9 +85,7 @@ def machine_info() -> dict[str, Any]:
 def print_table(results: list[Result], title: str | None = None) -> None:
     if title:
         print(title)
-    rows = [
-        (r.name, _fmt(r.value), r.unit, r.baseline or "-", _fmt(r.baseline_value), _ratio(r)) for r in results
-    ]
+    rows = [(r.name, _fmt(r.value), r.unit, _baseline(r), _fmt(r.baseline_value), _ratio(r)) for r in results]
     header = ("name", "value", "unit", "baseline", "baseline value", "ratio")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
@@ -130,14 +133,20 @@ class TrainRun:
         return self.end - self.start
 
 
-def start_train(config: Path, run_dir: Path, overrides: list[str]) -> TrainRun:
-    """Start `distrl train CONFIG --run-dir RUN_DIR --no-console OVERRIDES...`, headless, stdout dropped."""
+def start_train(
+    config: Path, run_dir: Path, overrides: list[str], cpus: Collection[int] | None = None
+) -> TrainRun:
+    """Start `distrl train CONFIG --run-dir RUN_DIR --no-console OVERRIDES...`, headless, stdout dropped;
+    with `cpus`, the run and every process it starts are pinned to those CPUs."""
     argv = [
         sys.executable, "-m", "distrl.cli", "train", str(config), "--run-dir", str(run_dir), "--no-console",
         *overrides,
     ]  # fmt: skip
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, env={**os.environ, "MUJOCO_GL": "disable"}, stdout=subprocess.DEVNULL, preexec_fn=pin
+    )
     run = TrainRun(proc, run_dir, start)
 
     def wait() -> None:
@@ -160,6 +169,16 @@ def _fmt(value: float | None) -> str:
     return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
+def _baseline(result: Result) -> str:
+    if result.baseline is None:
+        return "-"
+    if result.baseline_kind == "target" and not result.baseline.startswith("target"):
+        return f"target: {result.baseline}"
+    return result.baseline
+
+
 def _ratio(result: Result) -> str:
     r = result.ratio
-    return "-" if r is None else f"{r:.2f}x"
+    if r is None:
+        return "-"
+    return f"{r:.2f}x of target" if result.baseline_kind == "target" else f"{r:.2f}x"

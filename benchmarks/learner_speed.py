@@ -15,6 +15,13 @@ target, a python loop for the row normalisation and the Polyak step, plain AdamW
 from the same kind of tensor replay (with `return_so_far` for the reward scaling) and both are
 checked to give finite losses before timing. On CUDA, XQC eager vs `compile: true`.
 
+SAC through the real replay path (`sac/cpu/grpc_replay/...`): our learner's data path as a
+run has it, a replay shard in its own process (`distrl serve replay`, filled with the same number
+of random transitions, no rate limit) and batches through `ReplayClient.sample` (gRPC, prefetch 4,
+the learner's defaults) turned into tensors as the learner does, then `update`. Its baseline is
+SB3 at the same thread count, timed in the same rounds. The shard's process does its own work on
+another core if there is one: `sac/cpu/grpc_replay/shard_cpu_ms_per_update` says how much.
+
 All learners and thread counts are timed in short interleaved rounds (order reversed every
 round; SAC's group and XQC's group separately) and each reports its median round, so load from
 other processes hits them alike.
@@ -32,7 +39,9 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +55,7 @@ from torch import nn
 
 from distrl.algos import SpaceSpec, make_algorithm
 from distrl.algos.xqc import XQCConfig, categorical_loss, categorical_target
+from distrl.replay.client import LearnerBatch, ReplayClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Result, print_table, write_json
@@ -128,6 +138,87 @@ def ours_runner(
             torch.cuda.synchronize()
 
     return run, algo
+
+
+# ---- ours, through the real replay path
+
+
+class ShardProcess:
+    """`distrl serve replay` in a subprocess, as a run deploys a shard; its CPU time is read from /proc."""
+
+    def __init__(self, capacity: int) -> None:
+        argv = [sys.executable, "-m", "distrl.cli", "serve", "replay", "--port", "0",
+                "--capacity", str(capacity), "--seed", "0"]  # fmt: skip
+        env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            self.close()
+            raise RuntimeError(f"the replay shard did not start: {line!r}")
+        self.address = line.removeprefix("listening on ")
+        # Updates that sampled from this shard (warm-up included): what its CPU time is shared over.
+        self.updates = 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the shard process so far (Linux); 0 where /proc has none."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def fill_shard(client: ReplayClient, capacity: int) -> None:
+    """`capacity` random HalfCheetah-sized transitions, the distribution TensorReplay holds."""
+    rng = np.random.default_rng(1)
+    chunk = 1024
+    with client.writer("bench-fill") as writer:
+        for start in range(0, capacity, chunk):
+            n = min(chunk, capacity - start)
+            writer.insert(
+                {
+                    "obs": rng.standard_normal((n, OBS_DIM), dtype=np.float32),
+                    "action": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+                    "reward": rng.standard_normal(n, dtype=np.float32),
+                    "next_obs": rng.standard_normal((n, OBS_DIM), dtype=np.float32),
+                    "terminated": rng.random(n) < 0.01,
+                    "truncated": np.zeros(n, dtype=bool),
+                },
+                timeout=30,
+            )
+        writer.flush(timeout=60)
+
+
+def batch_tensors(batch: LearnerBatch) -> dict[str, torch.Tensor]:
+    """A sampled batch as CPU tensors, as the learner's `_to_device` makes them."""
+    out = {
+        name: torch.from_numpy(arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr))
+        for name, arr in batch.fields.items()
+    }
+    out["weights"] = torch.from_numpy(batch.weights.astype(np.float32))
+    return out
+
+
+def grpc_runner(shard: ShardProcess, client: ReplayClient) -> Callable[[int], None]:
+    algo = make_algorithm("sac", SpaceSpec(OBS_DIM, ACTION_DIM), {}, device="cpu")
+
+    def run(updates: int) -> None:
+        for _ in range(updates):
+            algo.update(batch_tensors(client.sample(BATCH, timeout=30)))
+        shard.updates += updates
+
+    return run
 
 
 # ---- Stable-Baselines3
@@ -443,22 +534,41 @@ def with_threads(threads: int, run: Callable[[int], None]) -> Callable[[int], No
 
 def cpu_results(settings: Settings) -> tuple[list[Result], dict[str, Any]]:
     # Every (learner, thread count) pair runs in each round, so all of them see the same load.
-    runners: dict[str, Callable[[int], None]] = {}
+    shard = ShardProcess(settings.capacity)
+    client = ReplayClient([shard.address])  # the learner's defaults: prefetch 4
+    try:
+        fill_shard(client, settings.capacity)
+        runners: dict[str, Callable[[int], None]] = {}
+        for threads in settings.threads:
+            torch.set_num_threads(threads)
+            runners[f"ours/{threads}"] = with_threads(threads, ours_runner({}, "cpu", settings.capacity)[0])
+            runners[f"grpc/{threads}"] = with_threads(threads, grpc_runner(shard, client))
+            runners[f"sb3/{threads}"] = with_threads(threads, sb3_runner(settings.capacity))
+        # The prefetcher samples ahead between rounds too: the shard's CPU over all of them, per update.
+        cpu_before = shard.cpu_seconds()
+        measured = interleaved(runners, settings)
+        shard_cpu_s = shard.cpu_seconds() - cpu_before
+    finally:
+        client.close()
+        shard.close()
+    results: list[Result] = []
     for threads in settings.threads:
-        torch.set_num_threads(threads)
-        runners[f"ours/{threads}"] = with_threads(threads, ours_runner({}, "cpu", settings.capacity)[0])
-        runners[f"sb3/{threads}"] = with_threads(threads, sb3_runner(settings.capacity))
-    measured = interleaved(runners, settings)
-    results = [
-        Result(
-            f"sac/cpu/threads={threads}/updates_per_s",
-            measured[f"ours/{threads}"],
-            "updates/s",
-            f"sb3/cpu/threads={threads}/updates_per_s",
-            measured[f"sb3/{threads}"],
-        )
-        for threads in settings.threads
-    ]
+        results += [
+            Result(
+                f"sac/cpu/threads={threads}/updates_per_s",
+                measured[f"ours/{threads}"],
+                "updates/s",
+                f"sb3/cpu/threads={threads}/updates_per_s",
+                measured[f"sb3/{threads}"],
+            ),
+            Result(
+                f"sac/cpu/grpc_replay/threads={threads}/updates_per_s",
+                measured[f"grpc/{threads}"],
+                "updates/s",
+                f"sb3/cpu/threads={threads}/updates_per_s",
+                measured[f"sb3/{threads}"],
+            ),
+        ]
     chosen = max(settings.threads, key=lambda t: measured[f"sb3/{t}"])
     headline = Result(
         "sac/cpu/updates_per_s",
@@ -466,6 +576,16 @@ def cpu_results(settings: Settings) -> tuple[list[Result], dict[str, Any]]:
         "updates/s",
         "sb3/cpu/updates_per_s",
         measured[f"sb3/{chosen}"],
+    )
+    grpc_headline = Result(
+        "sac/cpu/grpc_replay/updates_per_s",
+        measured[f"grpc/{chosen}"],
+        "updates/s",
+        "sb3/cpu/updates_per_s",
+        measured[f"sb3/{chosen}"],
+    )
+    shard_cost = Result(
+        "sac/cpu/grpc_replay/shard_cpu_ms_per_update", 1000 * shard_cpu_s / max(1, shard.updates), "ms"
     )
 
     # RLPD's settings, for information: critic steps/s at UTD, LayerNorm, E=10, 50/50 demo batches.
@@ -480,7 +600,7 @@ def cpu_results(settings: Settings) -> tuple[list[Result], dict[str, Any]]:
     )
     calls = interleaved({"rlpd": rlpd}, rlpd_settings)["rlpd"]
     results.append(Result("rlpd/cpu/critic_updates_per_s", calls * algo.config.utd_ratio, "critic updates/s"))
-    return [headline, *results], {"threads_chosen": chosen}
+    return [headline, grpc_headline, shard_cost, *results], {"threads_chosen": chosen}
 
 
 def cuda_results(settings: Settings) -> list[Result]:
@@ -627,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": settings.rounds,
         "updates_per_round": settings.updates_per_round,
         "replay_capacity": settings.capacity,
+        "grpc_replay": {"shard": "distrl serve replay, own process", "prefetch": 4, "rate_limit": None},
         "threads_measured": threads,
         "rlpd": rlpd_config(settings.rlpd_utd) | {"demo_fraction": 0.5},
         "xqc": {

@@ -1,7 +1,7 @@
 """SAC learning curves: distrl's distributed run vs Stable-Baselines3's SAC, same hyperparameters.
 
     .venv/bin/python benchmarks/learning_curve.py [--quick] [--json PATH] [--seeds 0,1,2] [--steps 100000]
-                                                  [--sequential]
+                                                  [--side-by-side]
 
 Both learn HalfCheetah-v5 with batch 256, lr 3e-4, gamma 0.99, tau 0.005, 256x256 networks,
 5,000 random warm-up steps and one update per env step (for distrl: 2 actors, 1 replay shard,
@@ -10,18 +10,24 @@ Reported per seed and on average: the mean return of the last 10 training episod
 system passes 25%, 50% and 100% of the step budget, and the wall time to finish. Ratios: ours /
 SB3 for returns (higher is better) and SB3 / ours for wall time.
 
-By default each seed's two runs start together and run side by side, one torch thread each (a
-2-core machine then gives each about one core, and the pair takes as long as the slower of the
-two); `--sequential` runs them one after the other instead. The curves (the mean of the last 10
-episode returns every 5% of the budget) are saved in the JSON, and each finished seed is written
-to the JSON at once, so a long run that is stopped keeps what it measured.
+The wall-time ratio gives both sides the same CPUs. By default each seed's two runs go one after
+the other, each with every CPU of the machine to itself. With `--side-by-side` they run at once,
+each pinned to its own half of the CPUs (every process of the distrl run included), so neither
+takes cores from the other; that needs at least 2 CPUs. Either way both learners use one torch
+thread (distrl's actors, shard and servers are separate processes: that is the design measured).
+The curves (the mean of the last 10 episode returns every 5% of the budget) are saved in the JSON,
+and each finished seed is written to the JSON at once, so a long run that is stopped keeps what it
+measured.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +88,43 @@ def run_sb3(seed: int, steps: int, warmup: int) -> tuple[dict[int, float], float
     return returns, time.perf_counter() - start
 
 
-def start_ours(seed: int, steps: int, warmup: int, workdir: Path) -> TrainRun:
+def start_ours(seed: int, steps: int, warmup: int, workdir: Path, cpus: set[int] | None = None) -> TrainRun:
     overrides = [
         f"seed={seed}", f"train.total_env_steps={steps}", f"actors.warmup_steps={warmup}",
         f"replay.table.min_size_to_sample={warmup}", "eval.enabled=false", "learner.threads=1",
     ]  # fmt: skip
-    return start_train(ROOT / "configs" / "sac_halfcheetah.yaml", workdir / f"distrl-seed{seed}", overrides)
+    config = ROOT / "configs" / "sac_halfcheetah.yaml"
+    return start_train(config, workdir / f"distrl-seed{seed}", overrides, cpus=cpus)
+
+
+def split_cpus(cpus: set[int]) -> tuple[set[int], set[int]]:
+    """Two disjoint halves of the same size (an odd CPU out stays unused)."""
+    ordered = sorted(cpus)
+    half = len(ordered) // 2
+    if half == 0:
+        raise SystemExit(f"--side-by-side needs at least 2 CPUs, this process may use {ordered}")
+    return set(ordered[:half]), set(ordered[half : 2 * half])
+
+
+@contextmanager
+def pinned(cpus: set[int]) -> Iterator[None]:
+    """Every thread of this process (SB3's run) on `cpus` only, restored afterwards. Each thread
+    has its own mask (numpy's BLAS threads exist from the import on); new ones inherit it."""
+    before = {}
+    for tid in (int(t) for t in os.listdir("/proc/self/task")):
+        try:
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    try:
+        yield
+    finally:
+        for tid, mask in before.items():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except ProcessLookupError:
+                pass
 
 
 def finish_ours(run: TrainRun, steps: int) -> tuple[dict[int, float], float]:
@@ -107,31 +144,45 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--sequential", action="store_true", help="run ours, then SB3, instead of side by side")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="run both at once, each pinned to its own half of the CPUs",
+    )
+    mode.add_argument("--sequential", action="store_true", help="run ours, then SB3 (the default)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     steps, warmup = args.steps, 5_000
     if args.quick:
         seeds, steps, warmup = seeds[:1], 4_000, 1_000
     per_system: dict[str, list[tuple[dict[int, float], float]]] = {"ours": [], "sb3": []}
+    machine_cpus = os.sched_getaffinity(0)
+    ours_cpus, sb3_cpus = split_cpus(machine_cpus) if args.side_by_side else (machine_cpus, machine_cpus)
     config = {
         "env": ENV_ID,
         "seeds": seeds,
         "steps": steps,
         "warmup": warmup,
-        "side_by_side": not args.sequential,
+        "side_by_side": args.side_by_side,
+        "cpus": {"ours": sorted(ours_cpus), "sb3": sorted(sb3_cpus)},
     }
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            print(f"seed {seed}: running distrl and SB3 {'in turn' if args.sequential else 'side by side'} "
-                  f"for {steps:,} env steps ...", flush=True)  # fmt: skip
-            if args.sequential:
+            how = (
+                f"side by side on CPUs {sorted(ours_cpus)} | {sorted(sb3_cpus)}"
+                if args.side_by_side
+                else "in turn"
+            )
+            print(f"seed {seed}: running distrl and SB3 {how} for {steps:,} env steps ...", flush=True)
+            if not args.side_by_side:
                 per_system["ours"].append(finish_ours(start_ours(seed, steps, warmup, Path(tmp)), steps))
                 per_system["sb3"].append(run_sb3(seed, steps, warmup))
             else:
-                ours = start_ours(seed, steps, warmup, Path(tmp))
+                ours = start_ours(seed, steps, warmup, Path(tmp), cpus=ours_cpus)
                 try:
-                    sb3 = run_sb3(seed, steps, warmup)
+                    with pinned(sb3_cpus):
+                        sb3 = run_sb3(seed, steps, warmup)
                 except BaseException:
                     ours.proc.terminate()
                     raise

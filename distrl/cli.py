@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from distrl import __version__
@@ -65,7 +68,16 @@ def _register() -> None:
 _register()
 
 
+def _match_gl_platform() -> None:
+    """PyOpenGL must use the platform MuJoCo renders with: a PYOPENGL_PLATFORM inherited from a
+    parent process (importing robosuite sets one) leaves MuJoCo without a GL context."""
+    backend = os.environ.get("MUJOCO_GL", "").strip().lower()
+    if backend in ("egl", "osmesa") and "mujoco" not in sys.modules:
+        os.environ["PYOPENGL_PLATFORM"] = backend
+
+
 def main() -> None:
+    _match_gl_platform()
     app()
 
 

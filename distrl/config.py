@@ -110,6 +110,11 @@ class DemosConfig(_Strict):
         description="learner: a demo table on the learner's device, mixed into every batch; "
         "replay: inserted once into the replay table and sampled like online data",
     )
+    allow_env_mismatch: bool = Field(
+        False,
+        description="use demos recorded on another env than env.id (refused by default: two envs "
+        "with the same sizes, e.g. gym:HalfCheetah-v5 and dmc:cheetah-run, would mix silently)",
+    )
 
 
 class PretrainConfig(_Strict):
@@ -221,6 +226,13 @@ class RayConfig(_Strict):
     )
     actor_strategy: Literal["SPREAD", "DEFAULT"] = Field(
         "SPREAD", description="SPREAD places actors across nodes; DEFAULT packs them"
+    )
+    fit_actors: bool = Field(
+        True,
+        description="start as many actors as the cluster's free CPUs hold (saying so) instead of failing",
+    )
+    start_timeout_s: float = Field(
+        300.0, gt=0, description="fail the run when a component Ray has not placed starts no sooner than this"
     )
     local: LocalRayConfig = Field(default_factory=LocalRayConfig)
 

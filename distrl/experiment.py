@@ -7,6 +7,8 @@ of fields is written anywhere but in the algorithm that declares it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium
 
 from distrl.algos import SpaceSpec, TransitionField, demo_flag_field, transition_fields
@@ -39,6 +41,33 @@ def experiment_fields(
     if config.demos.path is not None and config.demos.placement == "replay":
         fields = (*fields, demo_flag_field())
     return fields
+
+
+def check_experiment(config: ExperimentConfig, demos_here: bool = True) -> SpaceSpec:
+    """Build the env and check the demo store against the run, in the launcher before any
+    component starts: a config that cannot run fails once, with its error on the console, not in
+    every component's log as they restart. Raises `ConfigError` naming the section at fault.
+
+    `demos_here=False` (a cluster, where the learner's node may see files this machine does not)
+    checks the demo store only when this machine has it."""
+    from distrl.config import ConfigError
+    from distrl.learners.demos import check_demo_store
+
+    try:
+        space = env_space(config.env)
+    except ValueError as exc:  # an unknown id, bad options or wrappers: the message says which
+        raise ConfigError(f"env: {exc}") from None
+    except Exception as exc:  # e.g. a family whose package is not installed
+        raise ConfigError(f"env: cannot build {config.env.id!r}: {type(exc).__name__}: {exc}") from None
+    demos = config.demos
+    if demos.path is not None and (demos_here or Path(demos.path).exists()):
+        try:
+            check_demo_store(
+                demos.path, experiment_fields(config, space), config.env.id, demos.allow_env_mismatch
+            )
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"demos.path: {exc}") from None
+    return space
 
 
 def replay_table_config(config: ExperimentConfig, space: SpaceSpec | None = None) -> TableConfig:

@@ -13,9 +13,9 @@ import torch
 from run_helpers import distrl
 
 from distrl.algos import SpaceSpec, base_fields
-from distrl.data.format import DemoWriter
-from distrl.envs import make_env
-from distrl.learners.demos import DemoTable, split_batch
+from distrl.data.format import DatasetError, DatasetInfo, DemoWriter
+from distrl.envs import EnvConfig, make_env
+from distrl.learners.demos import DemoTable, check_demo_store, split_batch
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,9 +82,65 @@ def test_demo_table_rejects_demos_of_another_env(demos: Path):
         DemoTable(demos, base_fields(SpaceSpec(17, 6)), torch.device("cpu"))
 
 
-def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return distrl("train", str(SMOKE), "--run-dir", str(run_dir), "--no-console",
-                  "train.total_env_steps=1200", "eval.enabled=false", *overrides)  # fmt: skip
+def random_demos(path: Path, env_id: str | None, obs_dim: int, action_dim: int, steps: int = 20) -> Path:
+    """One episode of random transitions, labelled with `env_id` (None: no env recorded)."""
+    rng = np.random.default_rng(0)
+    info = DatasetInfo(env=EnvConfig(id=env_id) if env_id else None)
+    with DemoWriter(path, info) as writer:
+        writer.append_episode(
+            {
+                "obs": rng.normal(size=(steps, obs_dim)).astype(np.float32),
+                "action": rng.uniform(-1, 1, (steps, action_dim)).astype(np.float32),
+                "reward": np.zeros(steps, np.float32),
+                "next_obs": rng.normal(size=(steps, obs_dim)).astype(np.float32),
+                "terminated": np.zeros(steps, bool),
+                "truncated": np.arange(steps) == steps - 1,
+            }
+        )
+    return path
+
+
+def test_demos_of_another_env_with_the_same_sizes_are_refused_unless_allowed(tmp_path: Path):
+    # gym HalfCheetah and dmc cheetah-run are both 17/6: only the recorded env id tells them apart.
+    store = random_demos(tmp_path / "cheetah.zarr", "dmc:cheetah-run", 17, 6)
+    fields = base_fields(SpaceSpec(17, 6))
+    cpu = torch.device("cpu")
+    with pytest.raises(
+        DatasetError, match=r"recorded on env 'dmc:cheetah-run'.*'gym:HalfCheetah-v5'.*allow_env_mismatch"
+    ):
+        DemoTable(store, fields, cpu, env_id="gym:HalfCheetah-v5")
+    with pytest.raises(DatasetError, match="recorded on env 'dmc:cheetah-run'"):
+        check_demo_store(store, fields, "gym:HalfCheetah-v5")
+    assert DemoTable(store, fields, cpu, env_id="dmc:cheetah-run").size == 20
+    assert DemoTable(store, fields, cpu, env_id="gym:HalfCheetah-v5", allow_env_mismatch=True).size == 20
+    check_demo_store(store, fields, "gym:HalfCheetah-v5", allow_env_mismatch=True)
+    # A store that records no env cannot be checked: its sizes still are.
+    unlabelled = random_demos(tmp_path / "unlabelled.zarr", None, 17, 6)
+    check_demo_store(unlabelled, fields, "gym:HalfCheetah-v5")
+    with pytest.raises(ValueError, match=r"'obs' has per-step shape \(17,\).*need \(4,\)"):
+        check_demo_store(unlabelled, base_fields(SpaceSpec(4, 1)), "gym:InvertedPendulum-v5")
+
+
+def test_train_refuses_demos_of_another_env_or_size_at_once(tmp_path: Path):
+    # InvertedPendulum v4 and v5 have the same sizes; the smoke run is on v5.
+    v4 = random_demos(tmp_path / "v4.zarr", "gym:InvertedPendulum-v4", 4, 1)
+    out = _train(tmp_path / "r1", f"demos.path={v4}", timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "recorded on env 'gym:InvertedPendulum-v4'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r1" / "logs").exists(), "no component should have started"
+    # Demos that do not fit the env fail the run before any component starts, not in the learner's log.
+    big = random_demos(tmp_path / "big.zarr", None, 17, 6)
+    out = _train(tmp_path / "r2", f"demos.path={big}", timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "demos.path" in out.stderr and "'obs' has per-step shape (17,)" in out.stderr
+    # With the override the v4 demos are used (the run trains).
+    out = _train(tmp_path / "r3", f"demos.path={v4}", "demos.allow_env_mismatch=true")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _train(run_dir: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    args = ("--run-dir", str(run_dir), "--no-console", "train.total_env_steps=1200", "eval.enabled=false")
+    return distrl("train", str(SMOKE), *args, *overrides, timeout=timeout)
 
 
 def test_learner_mixes_demos_and_pretrains_with_bc(demos: Path, tmp_path: Path):

@@ -6,6 +6,7 @@ removed afterwards) running the real components: gRPC servers, MuJoCo actors, a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -30,10 +31,10 @@ from distrl.config import ConfigError, load_config
 from distrl.replay.checkpoint import list_checkpoints
 from distrl.runtime import scaling
 
-ray = pytest.importorskip("ray")
-
-from distrl.runtime.ray import placement_options  # noqa: E402
-from distrl.runtime.ray_components import ActorComponent, LearnerComponent, ReplayShardComponent  # noqa: E402
+# Per test, not for the module: the scale, config and local-launcher tests here need no Ray.
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray is not installed (pip install -e '.[ray]')"
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "configs" / "sac_smoke.yaml"
@@ -166,6 +167,7 @@ def test_train_rejects_an_unknown_launcher_and_a_stray_address(tmp_path: Path):
     assert out.returncode == 2 and "--address is for --launcher ray" in out.stderr
 
 
+@needs_ray
 def test_train_fails_fast_when_the_ray_cluster_is_unreachable(tmp_path: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -184,7 +186,13 @@ def test_train_fails_fast_when_the_ray_cluster_is_unreachable(tmp_path: Path):
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in out.stderr
 
 
+@needs_ray
 def test_placement_options_are_valid_ray_options():
+    import ray
+
+    from distrl.runtime.ray import placement_options
+    from distrl.runtime.ray_components import ActorComponent, LearnerComponent, ReplayShardComponent
+
     cfg = load_config(
         SMOKE,
         [
@@ -228,7 +236,10 @@ def _entrypoint_config(args: list[str]):
     return ctx, load_config(ROOT / "configs" / config_path[len(IMAGE_CONFIGS) :], ctx.params["overrides"])
 
 
+@needs_ray
 def test_rayjob_runs_the_ray_launcher_on_a_cluster_that_fits_it():
+    import ray
+
     docs = [d for d in yaml.safe_load_all(RAYJOB.read_text()) if d]
     job = next(d for d in docs if d["kind"] == "RayJob")
     claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
@@ -265,6 +276,7 @@ def test_rayjob_runs_the_ray_launcher_on_a_cluster_that_fits_it():
         assert volumes[runs]["persistentVolumeClaim"]["claimName"] in claims
 
 
+@needs_ray
 def test_ray_cluster_config_is_valid_for_ray_up():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -366,6 +378,7 @@ def stop_run(proc: subprocess.Popen) -> str:
 
 
 @pytest.mark.slow
+@needs_ray
 def test_ray_run_restarts_a_killed_actor_and_scales_without_stopping_the_learner(
     tmp_path: Path, ray_temp_dir: Path
 ):
@@ -424,6 +437,7 @@ def test_ray_run_restarts_a_killed_actor_and_scales_without_stopping_the_learner
 
 
 @pytest.mark.slow
+@needs_ray
 def test_ray_servers_restart_in_place_or_get_their_dependants_rewired(tmp_path: Path, ray_temp_dir: Path):
     """A killed shard comes back on its port with its checkpoint; a params server that cannot have
     its port back comes back elsewhere, and the learner and actors are recreated with its new address."""

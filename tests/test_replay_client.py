@@ -147,7 +147,7 @@ def test_new_writer_for_the_same_actor_is_not_taken_for_a_resend():
         with client.writer("actor-0") as w:
             for i in range(5):
                 w.insert(batch(range(i * 10, i * 10 + 10)))
-        with client.writer("actor-0") as w:  # a restarted actor: sequences continue from the clock
+        with client.writer("actor-0") as w:  # a restarted actor: a new incarnation, a new writer
             w.insert(batch(range(50, 60)))
             w.flush(5)
             assert w.stats().stored == 1

@@ -126,6 +126,32 @@ def test_aggregate_resumes_from_progress():
     assert resumed.close_window(now=101.0, unix_time=0.0).index == 1
 
 
+def test_learner_updates_follow_its_restored_checkpoint():
+    # The learner crash-restarts from a checkpoint older than its last report: updates are
+    # what the checkpoint restored, not the two incarnations added up (1030).
+    agg = RunAggregate(window_s=1.0, now=0.0)
+    agg.ingest("learner/0", 0, 520, [], now=0.1)
+    agg.ingest("learner/0", 0, 0, [], now=0.2)  # a heartbeat of the new process: no count yet
+    agg.ingest("learner/0", 0, 500, [], now=0.3)
+    agg.ingest("learner/0", 0, 510, [], now=0.4)
+    assert agg.updates.total == 510
+    # An actor's env steps still restart from 0 and add up.
+    agg.ingest("actor/0", 300, None, [], now=0.5)
+    agg.ingest("actor/0", 20, None, [], now=0.6)
+    assert agg.env_steps.total == 320
+
+    # A resumed run (progress.json) follows the checkpoint too, even an older one.
+    saved = json.loads(agg.progress(now=1.0).model_dump_json())
+    resumed = RunAggregate(window_s=1.0, now=10.0, progress=Progress.model_validate(saved))
+    assert (resumed.env_steps.total, resumed.updates.total) == (320, 510)
+    resumed.ingest("learner/0", 0, 500, [], now=10.5)
+    resumed.ingest("actor/0", 5, None, [], now=10.5)
+    assert (resumed.env_steps.total, resumed.updates.total) == (325, 500)
+    # A progress.json written before this rule, with the double count in it, is repaired.
+    old = Progress(updates=1030, updates_by_source={"learner/0": (520, 510)})
+    assert RunAggregate(window_s=1.0, now=0.0, progress=old).updates.total == 510
+
+
 # -- the reporter -------------------------------------------------------------------------------
 
 

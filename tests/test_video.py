@@ -76,6 +76,8 @@ def make_run_dir(tmp_path: Path, env_id: str, updates: int = 7) -> Path:
     payload = {
         "algo": algo.state_dict(),
         "updates": updates,
+        "version": 1,
+        "rng": ckpt.rng_state(),
         "space": [space.obs_dim, space.action_dim],
         "signals": list(space.signals),
         "max_episode_steps": space.max_episode_steps,

@@ -5,6 +5,9 @@ policy, a weight subscription. What it sends: columnar transition batches
 tagged with (actor_id, sequence, policy_version) to the replay shards, and
 episode/throughput metrics to the coordinator. What it waits on: nothing but
 replay backpressure (a full window of unacked batches).
+
+Its identity (`identity.ActorIdentity`): an index for people and telemetry, and an
+incarnation per process start that replay de-duplicates by and its env seeds derive from.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from distrl.actors.identity import ActorIdentity, env_seed
 from distrl.actors.rollout import Rollout, TransitionBuffer
 from distrl.algos import POLICY_PARAMS, Policy, make_policy
 from distrl.config import ExperimentConfig
@@ -34,21 +38,20 @@ class ActorAddresses:
     telemetry: str | None = None
 
 
-def actor_seed(config: ExperimentConfig, index: int) -> int:
-    """Distinct, reproducible env seeds per actor and per env within it."""
-    return config.seed * 100_003 + index * 1_009
-
-
 class Actor:
-    def __init__(self, config: ExperimentConfig, index: int, addresses: ActorAddresses) -> None:
+    def __init__(
+        self, config: ExperimentConfig, identity: ActorIdentity | int, addresses: ActorAddresses
+    ) -> None:
+        """`identity`: an index alone (a launcher's number) starts a new incarnation of it."""
         self.config = config
-        self.index = index
-        self.actor_id = f"actor-{index}"
+        self.identity = identity if isinstance(identity, ActorIdentity) else ActorIdentity.start(identity)
+        self.index = self.identity.index
+        self.actor_id = self.identity.name
         self.addresses = addresses
         acfg = config.actors
         # Small-batch inference: more threads only fight the learner for the cores.
         torch.set_num_threads(1)
-        seed = actor_seed(config, index)
+        seed = env_seed(config.seed, self.identity, acfg.envs_per_actor)
         envs = [make_env(config.env, seed=seed + i) for i in range(acfg.envs_per_actor)]
         space = space_of(envs[0])
         self.fields = experiment_fields(config, space)
@@ -70,6 +73,7 @@ class Actor:
         replay = ReplayClient(self.addresses.replay, table=self.config.replay.table.name, security=sec)
         writer = replay.writer(
             self.actor_id,
+            incarnation=self.identity.incarnation,
             max_in_flight=self.config.actors.max_in_flight,
             compression=self.config.actors.compression,
         )
@@ -84,7 +88,7 @@ class Actor:
         )
         reporter = TelemetryReporter(
             self.addresses.telemetry,
-            source=f"actor/{self.index}",
+            source=self.identity.source,
             security=sec,
             interval_s=self.config.telemetry.report_every_s,
         )

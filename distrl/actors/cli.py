@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import zlib
 from pathlib import Path
 from typing import Annotated
 
@@ -19,22 +17,14 @@ def _addresses(replay: str, params: str, telemetry: str | None):
     return ActorAddresses(replay=replay_addresses(replay), params=params, telemetry=telemetry or None)
 
 
-def _index_from_env(index: int | None) -> int:
-    if index is not None:
-        return index
-    # Kubernetes: a StatefulSet pod's name ends in its ordinal; a Deployment's does not (hash it).
-    name = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "")
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else zlib.crc32(name.encode()) % 100_000
-
-
 def serve_actor(
     config: ConfigOpt,
     replay: ReplayOpt,
     params: ParamsOpt,
     telemetry: TelemetryOpt = None,
     index: Annotated[
-        int | None, typer.Option("--index", help="actor index (default: from the pod name)")
+        int | None,
+        typer.Option("--index", help="actor index (default: a StatefulSet ordinal, else a pod-name hash)"),
     ] = None,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="stop after this many env steps")
@@ -42,6 +32,7 @@ def serve_actor(
 ) -> None:
     """Step envs with the newest policy and stream transitions to the replay shards."""
     from distrl.actors.actor import Actor
+    from distrl.actors.identity import ActorIdentity
     from distrl.config import load_config
     from distrl.wire.lifecycle import stop_on_signals, watch_parent
 
@@ -49,9 +40,11 @@ def serve_actor(
     stop = threading.Event()
     stop_on_signals(stop)
     watch_parent(stop)
-    actor = Actor(cfg, _index_from_env(index), _addresses(replay, params, telemetry))
+    # A new incarnation per process start: see distrl/actors/identity.py.
+    identity = ActorIdentity.from_environment(index)
+    actor = Actor(cfg, identity, _addresses(replay, params, telemetry))
     typer.echo(
-        f"{actor.actor_id}: {cfg.env.id} x{cfg.actors.envs_per_actor}, replay {actor.addresses.replay}"
+        f"{identity.describe()}: {cfg.env.id} x{cfg.actors.envs_per_actor}, replay {actor.addresses.replay}"
     )
     actor.run(stop, max_steps=max_steps)
     typer.echo(f"{actor.actor_id}: stopped after {actor.steps} env steps")

@@ -70,11 +70,16 @@ def prefer_headless_gl() -> str | None:
     `disable` included, is left alone.
     """
     current = os.environ.get("MUJOCO_GL")
-    if current is not None or "mujoco" in sys.modules:
+    if "mujoco" in sys.modules:
+        return current
+    if current is not None:
+        if current.strip().lower() in ("egl", "osmesa"):
+            os.environ["PYOPENGL_PLATFORM"] = current.strip().lower()
         return current
     backend = headless_gl_backend()
     if backend is not None:
         os.environ["MUJOCO_GL"] = backend
+        os.environ["PYOPENGL_PLATFORM"] = backend  # MuJoCo's GL context goes through PyOpenGL
     return backend
 
 
@@ -92,6 +97,9 @@ def gl_problem() -> str | None:
         return "MUJOCO_GL=osmesa but libOSMesa is not installed: apt-get install libosmesa6 (Debian/Ubuntu)"
     if backend == "egl" and ctypes.util.find_library("EGL") is None:
         return "MUJOCO_GL=egl but libEGL is not installed: install the GPU driver's EGL or libegl1"
+    platform = os.environ.get("PYOPENGL_PLATFORM")
+    if backend in ("egl", "osmesa") and platform and platform != backend:
+        return f"MUJOCO_GL={backend} but PYOPENGL_PLATFORM={platform}: set both to {backend}"
     return (
         "MuJoCo has no GL backend in this process (MUJOCO_GL is read when mujoco is first imported; "
         f"it is now {backend or 'unset'}): {_HOW}"

@@ -6,6 +6,7 @@ These are local files the learner itself wrote; they are loaded with
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -17,7 +18,11 @@ import torch
 
 from distrl.algos import SpaceSpec
 
+log = logging.getLogger(__name__)
+
 _NAME = re.compile(r"^learner-(\d+)\.pt$")
+# What every learner checkpoint holds; one without them is as unreadable as a truncated file.
+_REQUIRED = ("algo", "updates", "version", "rng")
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -76,6 +81,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def latest_checkpoint(directory: Path) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1] if found else None
+
+
+def load_latest_checkpoint(directory: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that can be read, and its state; None when there is none.
+
+    A newest file that is truncated or garbled (a full disk, a bad copy) is skipped with a
+    warning naming it and why, and the one before it is used. Skipped files are left in place.
+    """
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            state = load_checkpoint(path)
+            if not isinstance(state, dict) or (missing := [k for k in _REQUIRED if k not in state]):
+                raise RuntimeError(f"learner checkpoint {path} lacks {missing or 'its state'}")
+        except RuntimeError as exc:
+            log.warning("skipping learner checkpoint %s (left in place): %s", path, exc)
+            continue
+        return path, state
+    return None
 
 
 def checkpoint_space(state: dict[str, Any]) -> SpaceSpec:

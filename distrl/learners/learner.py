@@ -26,7 +26,7 @@ from distrl.experiment import env_space, experiment_fields
 from distrl.learners import checkpoint as ckpt
 from distrl.learners.demos import DemoTable, split_batch
 from distrl.params import UPDATES_KEY, ParamsClient
-from distrl.replay.client import LearnerBatch, ReplayClient, ShardInfo
+from distrl.replay.client import NO_INCARNATION, LearnerBatch, ReplayClient, ShardInfo
 from distrl.telemetry import TelemetryReporter
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,19 @@ class Learner:
         # The newest report window that held updates (what the coordinator last heard from us).
         self.last_metrics: dict[str, float] = {}
         self.resumed_from: Path | None = None
-        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        latest = ckpt.load_latest_checkpoint(self.checkpoint_dir)
         if latest is not None:
-            self._restore(latest)
+            self._restore(*latest)
         demos = config.demos
         self.demos = (
-            DemoTable(demos.path, self.fields, self.algo.device, seed=config.seed)
+            DemoTable(
+                demos.path,
+                self.fields,
+                self.algo.device,
+                seed=config.seed,
+                env_id=config.env.id,
+                allow_env_mismatch=demos.allow_env_mismatch,
+            )
             if demos.path is not None
             else None
         )
@@ -97,8 +104,7 @@ class Learner:
             self.checkpoint_dir, self.updates, payload, self.config.learner.keep_checkpoints
         )
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
+    def _restore(self, path: Path, state: dict) -> None:
         self.algo.load_state_dict(state["algo"])
         self.updates = int(state["updates"])
         self.version = int(state["version"])
@@ -210,7 +216,8 @@ class Learner:
         """Put the demos into replay once; a restarted learner's resend is recognised by sequence."""
         assert self.demos is not None
         data = self.demos.transitions()
-        writer = replay.writer("demos", first_sequence=0)
+        # No incarnation: every learner life is the same writer, so a restart's resend is a duplicate.
+        writer = replay.writer("demos", first_sequence=0, incarnation=NO_INCARNATION)
         chunk = 256
         try:
             start = 0

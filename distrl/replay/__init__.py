@@ -13,7 +13,9 @@ sample is the gathered storage rows, sent as one tensor that the client views
 field by field without copying. Sampling is paced by credit: a shard streams
 at most `sample_window` learner batches ahead of what the learner has taken,
 so transport buffers cannot run the rate limiter ahead (see `prefetch`).
-Actors `<name>-<i>` spread over shards by index (`writer.home_shard`).
+Actors `<name>-<i>` spread over shards by index (`writer.home_shard`); a shard
+recognises resends by (actor_id, incarnation, sequence), the incarnation being random
+bytes each writer draws when it starts (`sequences`).
 
 Attributes load on first use so `distrl --help` stays fast.
 """

@@ -13,6 +13,7 @@ each item then counts as inserted at its own policy version (no actor lag).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,9 +26,12 @@ import zarr
 
 from distrl.data import layout
 from distrl.replay.config import FieldSpecConfig, TableConfig
+from distrl.replay.sequences import IncarnationSequence
 from distrl.replay.spec import TableSpec
 from distrl.replay.stats import TableCounters
 from distrl.replay.table import Table, TableSnapshot
+
+log = logging.getLogger(__name__)
 
 FORMAT = "distrl.replay_checkpoint"
 _NAME = re.compile(r"^replay-(\d+)\.zarr$")
@@ -94,19 +98,30 @@ def read_checkpoint(path: Path) -> dict[str, TableSnapshot]:
 def restore_tables(
     configs: list[TableConfig], directory: Path | None, seed: int | None = None
 ) -> tuple[dict[str, Table], Path | None]:
-    """Tables from the newest checkpoint in `directory` (fresh ones if there is none).
+    """Tables from the newest readable checkpoint in `directory` (fresh ones if there is none).
 
     The configuration given now wins over the stored one (e.g. a larger
-    capacity); tables in the checkpoint but not configured are dropped.
+    capacity); tables in the checkpoint but not configured are dropped. A
+    checkpoint that cannot be read (a garbled or missing file) is skipped with a
+    warning naming it and why, and left in place.
     """
-    checkpoints = list_checkpoints(directory) if directory is not None else []
-    snaps = read_checkpoint(checkpoints[-1]) if checkpoints else {}
+    path, snaps = None, {}
+    for candidate in reversed(list_checkpoints(directory) if directory is not None else []):
+        try:
+            snaps = read_checkpoint(candidate)
+        except Exception as exc:  # a garbled chunk fails in the codec, not only as CheckpointError
+            log.warning(
+                "skipping replay checkpoint %s (left in place): %s: %s", candidate, type(exc).__name__, exc
+            )
+            continue
+        path = candidate
+        break
     tables = {}
     for i, cfg in enumerate(configs):
         table_seed = None if seed is None else seed + i
         snap = snaps.get(cfg.name)
         tables[cfg.name] = Table.from_snapshot(cfg, snap, table_seed) if snap else Table(cfg, table_seed)
-    return tables, checkpoints[-1] if checkpoints else None
+    return tables, path
 
 
 def _write_table(root: zarr.Group, snap: TableSnapshot) -> None:
@@ -121,6 +136,10 @@ def _write_table(root: zarr.Group, snap: TableSnapshot) -> None:
             "next_key": int(snap.next_key),
             "counters": snap.counters.to_dict(),
             "last_sequence": snap.last_sequence,
+            # [actor_id, incarnation as hex, last sequence], least recently stored first.
+            "incarnation_sequences": [
+                [e.actor_id, e.incarnation.hex(), int(e.sequence)] for e in snap.incarnation_sequences
+            ],
             "max_priority": float(snap.max_priority),
             "latest_learner_version": int(snap.latest_learner_version),
         }
@@ -165,6 +184,11 @@ def _read_table(root: zarr.Group, name: str, path: Path) -> TableSnapshot:
             next_key=int(attrs["next_key"]),
             counters=TableCounters.from_dict(attrs["counters"]),
             last_sequence=attrs["last_sequence"],
+            # Older checkpoints predate incarnations: every writer was keyed by actor_id alone.
+            incarnation_sequences=[
+                IncarnationSequence(str(a), bytes.fromhex(i), int(q))
+                for a, i, q in attrs.get("incarnation_sequences", [])
+            ],
             max_priority=float(attrs.get("max_priority", 1.0)),
             latest_learner_version=int(
                 latest if latest is not None else (learner_version.max() if len(learner_version) else 0)

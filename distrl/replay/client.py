@@ -27,13 +27,21 @@ from distrl.replay.messages import decode_table_stats
 from distrl.replay.prefetch import BatchPrefetcher, LearnerBatch, PrefetchStats, proportional_counts
 from distrl.replay.protocol import DEFAULT_TABLE
 from distrl.replay.stats import FieldSpecInfo, TableStats
-from distrl.replay.writer import InsertRejectedError, ReplayWriter, WriterStats, home_shard
+from distrl.replay.writer import (
+    NO_INCARNATION,
+    InsertRejectedError,
+    ReplayWriter,
+    WriterStats,
+    home_shard,
+    new_incarnation,
+)
 from distrl.wire.codec import CompressionName, encode
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NO_INCARNATION",
     "CheckpointInfo",
     "FieldSpecInfo",
     "InsertRejectedError",
@@ -46,6 +54,7 @@ __all__ = [
     "TableStats",
     "WriterStats",
     "home_shard",
+    "new_incarnation",
     "proportional_counts",
 ]
 
@@ -155,14 +164,21 @@ class ReplayClient:
         max_in_flight: int | None = None,
         compression: CompressionName = "none",
         first_sequence: int | None = None,
+        incarnation: bytes | None = None,
     ) -> ReplayWriter:
-        """A writer for one actor; batches go to `home_shard(actor_id)` while it is up."""
+        """A writer for one actor; batches go to `home_shard(actor_id)` while it is up.
+
+        `incarnation`: None draws a fresh one, so this writer's batches are never taken
+        for another's resend; `NO_INCARNATION` keeps the writer's identity across
+        processes (see `ReplayWriter`).
+        """
         w = ReplayWriter(
             self,
             actor_id,
             max_in_flight=max_in_flight or self.max_in_flight,
             compression=compression,
             first_sequence=first_sequence,
+            incarnation=incarnation,
             on_close=self._forget_writer,
         )
         with self._lock:

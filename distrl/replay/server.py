@@ -41,6 +41,7 @@ from distrl.replay.config import ReplayShardConfig
 from distrl.replay.messages import decode_transition_batch, encode_sample_batch, encode_table_stats
 from distrl.replay.protocol import DEFAULT_TABLE, REJECTED_FIELD_KEY, SERVICE_NAME
 from distrl.replay.rows import LayoutError, PackedBatch
+from distrl.replay.sequences import MAX_INCARNATION_BYTES
 from distrl.replay.spec import SpecViolation
 from distrl.replay.stats import TableStats
 from distrl.replay.table import RateLimiterTimeout, Table, TableClosed
@@ -209,6 +210,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
                     fields,
                     actor_id=request.actor_id,
                     sequence=request.sequence,
+                    incarnation=request.incarnation,
                     policy_version=request.policy_version,
                     timeout=self._wait_limit(table, context),
                     is_active=active,
@@ -331,6 +333,11 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         try:
             if not request.actor_id:
                 raise _Undecodable("actor_id", "field 'actor_id': required to ack and de-duplicate batches")
+            if len(request.incarnation) > MAX_INCARNATION_BYTES:
+                raise _Undecodable(
+                    "incarnation",
+                    f"field 'incarnation': {len(request.incarnation)} bytes, at most {MAX_INCARNATION_BYTES}",
+                )
             try:
                 return decode_transition_batch(request)
             except LayoutError as exc:

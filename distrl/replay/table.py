@@ -15,6 +15,7 @@ from distrl.replay.config import TableConfig
 from distrl.replay.item_samplers import ItemSampler, PrioritizedSampler, UniformSampler
 from distrl.replay.rate_limiter import RateLimiter
 from distrl.replay.rows import KEYS, LEARNER_VERSION, POLICY_VERSION, PackedBatch, RowLayout
+from distrl.replay.sequences import IncarnationSequence, WriterSequences
 from distrl.replay.spec import PackedCheck, SpecViolation, TableSpec
 from distrl.replay.stats import FieldSpecInfo, TableCounters, TableStats
 from distrl.replay.storage import FifoRemover, RingStorage
@@ -106,10 +107,13 @@ class TableSnapshot:
     priorities: np.ndarray
     next_key: int
     counters: TableCounters
+    # Writers without an incarnation (stable ids such as the learner's "demos"): actor_id -> sequence.
     last_sequence: dict[str, int]
     max_priority: float = 1.0
     # The newest learner version the table had seen (what it stamps new items with).
     latest_learner_version: int = 0
+    # Writers with an incarnation (every actor), least recently stored first.
+    incarnation_sequences: list[IncarnationSequence] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
@@ -134,7 +138,7 @@ class Table:
         self._spec: TableSpec | None = None
         if config.spec is not None:
             self._set_spec(TableSpec.from_config(config.spec))
-        self._last_sequence: dict[str, int] = {}
+        self._sequences = WriterSequences()
         self._packed_checks: dict[RowLayout, tuple[PackedCheck, bool]] = {}
         # The newest learner version the table knows of (see `learner_version`); stamped on every insert.
         self._learner_version = 0
@@ -176,11 +180,15 @@ class Table:
         *,
         actor_id: str,
         sequence: int,
+        incarnation: bytes = b"",
         policy_version: int = 0,
         timeout: float | None = None,
         is_active: Callable[[], bool] | None = None,
     ) -> InsertResult:
         """Store a batch (columns, or rows packed as the writer sends them) unless it is a resend.
+
+        A resend is a batch at or below the last sequence stored from the same writer,
+        `(actor_id, incarnation)` (see `sequences.WriterSequences`).
 
         Waits while the rate limiter holds inserts back. Raises SpecViolation (nothing
         stored), RateLimiterTimeout or TableClosed.
@@ -213,14 +221,15 @@ class Table:
                         raise
                 if packed is not None:
                     known = self._remember_layout(packed.layout)
-            if sequence <= self._last_sequence.get(actor_id, -1):
+            if self._sequences.is_resend(actor_id, incarnation, sequence):
                 self._counters.duplicate_batches += 1
                 return InsertResult(stored=False, table_size=len(self))
             if self._closed or not self._limiter.can_insert(len(self)):
                 self._counters.insert_wait_s += self._wait(
                     lambda: self._limiter.can_insert(len(self)), timeout, is_active, "insert"
                 )
-                if sequence <= self._last_sequence.get(actor_id, -1):  # a resend raced us while we waited
+                # A resend may have raced this batch while it waited.
+                if self._sequences.is_resend(actor_id, incarnation, sequence):
                     self._counters.duplicate_batches += 1
                     return InsertResult(stored=False, table_size=len(self))
             self._learner_version = max(self._learner_version, int(policy_version))
@@ -228,7 +237,7 @@ class Table:
                 self._store_rows(packed, n, policy_version)
             else:
                 self._store(fields if fields is not None else packed.fields, n, policy_version)
-            self._last_sequence[actor_id] = sequence
+            self._sequences.record(actor_id, incarnation, sequence)
             self._counters.inserted_batches += 1
             self._cond.notify_all()
             return InsertResult(stored=True, table_size=len(self))
@@ -336,9 +345,10 @@ class Table:
                 priorities=self._sampler.priorities(slots).astype(np.float64),
                 next_key=0 if storage is None else storage.next_key,
                 counters=self._counters.copy(),
-                last_sequence=dict(self._last_sequence),
+                last_sequence=self._sequences.stable(),
                 max_priority=getattr(self._sampler, "max_priority", 1.0),
                 latest_learner_version=self._learner_version,
+                incarnation_sequences=self._sequences.incarnations(),
             )
 
     @classmethod
@@ -380,7 +390,7 @@ class Table:
         if storage is not None:
             storage.next_key = snap.next_key
         table._counters = table._limiter.counters = snap.counters.copy()
-        table._last_sequence = {k: int(v) for k, v in snap.last_sequence.items()}
+        table._sequences = WriterSequences.restore(snap.last_sequence, snap.incarnation_sequences)
         table._learner_version = int(snap.latest_learner_version)
         return table
 

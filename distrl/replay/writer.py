@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import secrets
 import threading
 import time
 import zlib
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NUMBERED = re.compile(r"(.*)-([0-9]+)", re.DOTALL)
+# A writer that keeps its actor_id across restarts on purpose (see `ReplayWriter`).
+NO_INCARNATION = b""
 # The longest a writer waits before going round the shards again.
 _MAX_ROUND_BACKOFF_S = 5.0
 
@@ -70,6 +73,11 @@ class WriterStats:
     home_shard: int = 0
     current_shard: int | None = None
     table_size: int = 0
+
+
+def new_incarnation() -> bytes:
+    """128 random bits from the OS: no two writer incarnations ever share one."""
+    return secrets.token_bytes(16)
 
 
 def home_shard(actor_id: str, num_shards: int) -> int:
@@ -145,11 +153,17 @@ class _InsertStream:
 class ReplayWriter:
     """Streams one actor's batches to its home shard, with failover and a bounded unacked window.
 
-    Every batch gets the next sequence number; the shard acks it by
-    (actor_id, sequence) and recognises a resend, so after a reconnect the
-    unacked batches are simply sent again. Sequences start at the wall clock in
-    microseconds so that a restarted actor with the same id is not mistaken for
-    a resend of its previous incarnation.
+    Every batch gets the next sequence number; the shard acks it and recognises
+    a resend by (actor_id, incarnation, sequence), so after a reconnect the
+    unacked batches are simply sent again. `actor_id` names the writer for people
+    and picks its home shard; two writers may share it (colliding pod-name
+    hashes, an actor and its restart). The incarnation tells them apart: random
+    bytes drawn per writer (`new_incarnation`, or the caller's own, used for one
+    writer only), so one writer's batches are never taken for another's resend.
+    `incarnation=NO_INCARNATION` opts out: the writer is its actor_id across
+    processes, and a restarted one that starts from the same `first_sequence`
+    has its resends recognised (the learner's demo inserter). Sequences start at
+    the wall clock in microseconds unless `first_sequence` says otherwise.
     """
 
     def __init__(
@@ -160,11 +174,13 @@ class ReplayWriter:
         max_in_flight: int = 8,
         compression: CompressionName = "none",
         first_sequence: int | None = None,
+        incarnation: bytes | None = None,
         on_close: Callable[[ReplayWriter], None] | None = None,
     ) -> None:
         if not actor_id:
             raise ValueError("actor_id must be a non-empty string")
         self.actor_id = actor_id
+        self.incarnation = new_incarnation() if incarnation is None else bytes(incarnation)
         self.max_in_flight = max_in_flight
         self.compression: CompressionName = compression
         self._client = client
@@ -223,6 +239,7 @@ class ReplayWriter:
             policy_version=int(policy_version),
             compression=self.compression,
         )
+        request.incarnation = self.incarnation
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._raise_pending()

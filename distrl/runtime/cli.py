@@ -42,6 +42,7 @@ def train(
 ) -> None:
     """Train: start replay shards, a parameter server, a learner, actors and an evaluator."""
     from distrl.config import ConfigError, load_config
+    from distrl.experiment import check_experiment
     from distrl.runtime.local import LocalLauncher
     from distrl.runtime.process import ComponentFailed
 
@@ -82,9 +83,16 @@ def train(
     else:
         run = LocalLauncher(cfg, run_dir, console=console).run
     try:
+        # After the launcher is made: building the env sets MUJOCO_GL, which it reads first.
+        check_experiment(cfg, demos_here=launcher == "local")
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
         result = run()
     except ComponentFailed as exc:
-        typer.echo(f"error: {exc}; resume with: distrl train --resume {run_dir}", err=True)
+        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"resume with: distrl train --resume {run_dir}", err=True)
         raise typer.Exit(1) from None
     typer.echo(
         f"stopped ({result.reason}) at {result.env_steps} env steps, {result.updates} updates; "
@@ -167,11 +175,11 @@ def evaluate_run(
     from distrl.learners import checkpoint as ckpt
 
     cfg = load_config(run_dir / CONFIG_FILE)
-    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if path is None:
-        typer.echo(f"error: no learner checkpoint in {run_dir / 'checkpoints'}", err=True)
+    latest = ckpt.load_latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        typer.echo(f"error: no readable learner checkpoint in {run_dir / 'checkpoints'}", err=True)
         raise typer.Exit(1)
-    state = ckpt.load_checkpoint(path)
+    path, state = latest
     algo = make_algorithm(cfg.algo.name, ckpt.checkpoint_space(state), cfg.algo.params(), "cpu")
     algo.load_state_dict(state["algo"])
     if video is not None:

@@ -15,7 +15,8 @@ starts):
 - learner: a Deployment of one pod asking for `nvidia.com/gpu: 1`, RUN_DIR on a PVC (checkpoints,
   resumed from on restart).
 - actors: a Deployment whose replica count is the actor count (`kubectl scale` changes it);
-  an evaluator Deployment when `eval.enabled`.
+  each pod's index hashes its name and its pod UID is logged beside the process's replay
+  incarnation (`distrl.actors.identity`); an evaluator Deployment when `eval.enabled`.
 - the experiment config: a ConfigMap, mounted at /etc/distrl/config/config.yaml. The bearer
   token (and TLS files when the config uses TLS) come from a Secret that kustomize generates from
   files beside the manifests, mounted at /etc/distrl/secrets; servers also read the token from
@@ -276,10 +277,17 @@ class _Renderer:
     def metadata(self, name: str, component: str) -> dict[str, Any]:
         return {"name": name, "labels": self.labels(component)}
 
-    def env(self, server: bool, extra: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def env(
+        self, server: bool, extra: dict[str, str] | None = None, pod_uid: bool = False
+    ) -> list[dict[str, Any]]:
         env: list[dict[str, Any]] = [
             # The actor index and the replay shard's seed come from the pod name.
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ]
+        if pod_uid:
+            # Which pod an actor incarnation ran in (a container restart keeps it; a new pod does not).
+            env.append({"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}})
+        env += [
             {"name": "MUJOCO_GL", "value": "disable"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ]
@@ -336,6 +344,7 @@ class _Renderer:
         ports: dict[str, int] | None = None,
         probe_port: int | None = None,
         data_volume: str | None = None,
+        pod_uid: bool = False,
     ) -> dict[str, Any]:
         mounts = [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
@@ -349,7 +358,7 @@ class _Renderer:
             "imagePullPolicy": "IfNotPresent",
             "command": ["distrl"],
             "args": args,
-            "env": self.env(server, env),
+            "env": self.env(server, env, pod_uid),
         }
         if ports:
             container["ports"] = [
@@ -553,6 +562,7 @@ class _Renderer:
             ["serve", "actor", "--config", CONFIG_PATH],
             Resources("500m", "1Gi", "2", "2Gi"),
             env=self.client_env(),
+            pod_uid=True,
         )
         template = self.pod_template(ACTORS, container, grace_s=30)
         return [self.deployment(ACTORS, self.cfg.actors.num_actors, template)]

@@ -5,7 +5,9 @@ drives the console), K replay shards, the parameter server, the learner, N
 actors and the evaluator, each on a free loopback port. Crashed actors and the
 evaluator are restarted with exponential backoff; a crashed shard or parameter
 server is restarted on its old port (shards restore their last checkpoint); a
-crashed learner restarts from its newest checkpoint. Ctrl-C or SIGTERM stops
+crashed learner restarts from its newest checkpoint. A component that exits with the same error
+`SAME_EARLY_EXITS` times in a row, each time within `EARLY_EXIT_S` of starting (a config it
+cannot run), is not restarted again: the run fails with the end of its log. Ctrl-C or SIGTERM stops
 everything in order (actors first, so nothing is lost in flight; then the
 learner, which writes a final checkpoint; then the shards, which checkpoint
 replay), and `distrl train --resume RUN_DIR` continues from there.
@@ -34,6 +36,11 @@ from distrl.wire.retry import Backoff
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 60.0
+# A child that exits this soon after starting, this many times in a row with the same last log
+# line, fails the run (restarting it would only repeat the error with a growing backoff).
+EARLY_EXIT_S = 60.0
+SAME_EARLY_EXITS = 3
+LOG_TAIL_LINES = 15
 
 
 def _token_env(config: ExperimentConfig) -> dict[str, str]:
@@ -50,6 +57,16 @@ def _security_flags(config: ExperimentConfig, server: bool) -> list[str]:
         if value is not None:
             flags += [flag, str(value)]
     return flags
+
+
+def _fails_on_start(child: ChildProcess, code: int | None) -> ComponentFailed:
+    """The run's error when `child` keeps failing the same way as it starts: the end of its log."""
+    tail = "\n".join(child.log_tail(LOG_TAIL_LINES))
+    return ComponentFailed(
+        f"{child.name} exited with code {code} {child.early_exits} times in a row, each within "
+        f"{EARLY_EXIT_S:.0f}s of starting, with the same error: {child.early_error}\n"
+        f"--- the end of {child.log_path} ---\n{tail}"
+    )
 
 
 class LocalLauncher:
@@ -175,6 +192,8 @@ class LocalLauncher:
                     continue
                 if child.next_restart_at is None:
                     code = child.returncode()
+                    if child.count_early_exit(now, EARLY_EXIT_S) >= SAME_EARLY_EXITS:
+                        raise _fails_on_start(child, code)
                     if not child.restartable or child.restarts >= cfg.actors.max_restarts:
                         raise ComponentFailed(
                             f"{child.name} exited with code {code} and will not be restarted; "

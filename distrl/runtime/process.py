@@ -15,6 +15,9 @@ from distrl.wire.lifecycle import PARENT_ENV
 from distrl.wire.retry import Backoff
 
 LISTENING = "listening on "
+# The line `start()` writes to the log before each incarnation's output.
+START_MARK = "--- start "
+LOG_TAIL_BYTES = 64 << 10
 
 
 class ComponentFailed(RuntimeError):
@@ -37,12 +40,17 @@ class ChildProcess:
     # The n-th restart waits `restart_backoff.delay(n)`; the count never resets.
     restart_backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
     next_restart_at: float | None = None
+    started_at: float | None = None  # time.monotonic() of the newest start
+    # Exits in a row soon after starting with the same last log line (see `count_early_exit`).
+    early_exits: int = 0
+    early_error: str | None = None
     _log: object = None
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab", buffering=0)  # noqa: SIM115 - owned by the reader thread
-        log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(self.argv)}\n".encode())
+        log.write(f"{START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(self.argv)}\n".encode())
+        self.started_at = time.monotonic()
         env = {**os.environ, **self.env, PARENT_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             self.argv,
@@ -79,6 +87,32 @@ class ChildProcess:
             self.kill()
             raise ComponentFailed(f"{self.name} did not start listening; see {self.log_path}")
         return found[0]
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last `lines` non-empty lines the newest incarnation wrote to its log (read from
+        the file's last 64 KiB, so a long run's log is not read whole)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                text = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        start = text.rfind(START_MARK)
+        current = text[start:].splitlines()[1:] if start >= 0 else text.splitlines()
+        return [line for line in current if line.strip()][-lines:]
+
+    def count_early_exit(self, now: float, early_s: float) -> int:
+        """Record an exit; returns how many exits in a row came within `early_s` of their start
+        with the same last log line (a traceback's last line is its error). Only a process that
+        exited with an error by itself counts: one killed by a signal (kill -9, OOM) did not fail."""
+        code = self.returncode()
+        error = next(iter(self.log_tail(1)), "")
+        if code is not None and code > 0 and self.started_at is not None and now - self.started_at <= early_s:
+            self.early_exits = self.early_exits + 1 if error == self.early_error else 1
+            self.early_error = error
+        else:
+            self.early_exits, self.early_error = 0, None
+        return self.early_exits
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

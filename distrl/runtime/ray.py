@@ -59,6 +59,7 @@ from distrl.runtime.ray_components import (
     ParamServerComponent,
     ReplayShardComponent,
 )
+from distrl.runtime.ray_plan import PlacementError, plan_placement
 from distrl.runtime.run import RunResult, coordinated_run, finished_reason, prepare_run_dir
 from distrl.telemetry import Coordinator
 
@@ -87,6 +88,8 @@ class RayComponent:
     restarts: int = 0
     ping_ref: Any = None
     last_answer: float = field(default_factory=time.monotonic)
+    answered: bool = False  # has this component's process ever answered a ping
+    reported_unplaced: bool = False
     reported_silent: bool = False
     reported_unavailable: bool = False
     reported_unshared: bool = False
@@ -123,6 +126,16 @@ def placement_options(ray_config: RayConfig, kind: str) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown component kind {kind!r}")
     return opts
+
+
+def _free_resources(wait_s: float = 10.0) -> dict[str, float]:
+    """The cluster's free resources; a Ray instance just started may take a moment to list its CPUs."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        free = ray.available_resources()
+        if free.get("CPU") or time.monotonic() > deadline:
+            return free
+        time.sleep(0.2)
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
@@ -295,6 +308,13 @@ class RayLauncher:
         resume_from = prepare_run_dir(cfg, self.run_dir)
         started_ray = self._connect()
         try:
+            try:
+                free = _free_resources()
+                plan = plan_placement(cfg, free.get("CPU", 0.0), free.get("GPU", 0.0))
+            except PlacementError as exc:
+                raise ComponentFailed(str(exc)) from None
+            if plan.note:
+                log.warning("%s", plan.note)
             # Components on other nodes report here: listen on this node's cluster address.
             host = ray.util.get_node_ip_address()
             with coordinated_run(
@@ -305,7 +325,9 @@ class RayLauncher:
                 try:
                     self._start_servers()
                     self._create_loop("learner")
-                    for i in range(cfg.actors.num_actors):
+                    if plan.note:
+                        coordinator.note(plan.note)
+                    for i in range(plan.num_actors):
                         self._create_loop(f"actor-{i}")
                     if cfg.eval.enabled:
                         self._create_loop("evaluator")
@@ -380,18 +402,52 @@ class RayLauncher:
                 log.warning("%s: %s", component.name, exc)
                 continue
             component.last_answer = now
+            component.answered = True
             component.reported_silent = component.reported_unavailable = False
             if self._accept(component, status):
                 changed_servers.append(component)
         for component in self.components.values():
-            if not component.reported_silent and now - component.last_answer > SILENT_WARN_S:
+            silent_s = now - component.last_answer
+            if not component.answered and silent_s > self.config.ray.start_timeout_s:
+                running = [c for c in self.components.values() if c.kind == "actor" and c.answered]
+                if component.kind != "actor" or not running:
+                    raise ComponentFailed(
+                        f"{component.name} has not started after {silent_s:.0f}s "
+                        f"(ray.start_timeout_s): {self._pending_reason(component)}"
+                    )
+                if not component.reported_unplaced:
+                    # Other actors run (e.g. after `distrl scale` past the cluster): go on without it.
+                    component.reported_unplaced = True
+                    coordinator.note(
+                        f"{component.name} has not started after {silent_s:.0f}s; the run goes on with "
+                        f"{len(running)} actors: {self._pending_reason(component)}"
+                    )
+            if not component.reported_silent and silent_s > SILENT_WARN_S:
                 component.reported_silent = True
-                coordinator.note(
-                    f"{component.name} has not answered for {SILENT_WARN_S:.0f}s "
-                    "(pending resources, or a node in trouble)"
+                why = (
+                    "a node in trouble, or a hung process"
+                    if component.answered
+                    else self._pending_reason(component)
                 )
+                coordinator.note(f"{component.name} has not answered for {SILENT_WARN_S:.0f}s: {why}")
         if changed_servers:
             self._rewire(changed_servers, coordinator)
+
+    def _pending_reason(self, component: RayComponent) -> str:
+        """What a component that never started asks for, and what the cluster has free."""
+        opts = placement_options(self.config.ray, component.kind)
+        asks = [f"{opts.get('num_cpus', 0):g} CPU"]
+        if opts.get("num_gpus"):
+            asks.append(f"{opts['num_gpus']:g} GPU")
+        asks += [f"{v:g} {k}" for k, v in opts.get("resources", {}).items()]
+        if opts.get("label_selector"):
+            asks.append(f"a node labelled {opts['label_selector']}")
+        try:
+            free = ray.available_resources()
+            have = f"{free.get('CPU', 0.0):g} CPU, {free.get('GPU', 0.0):g} GPU free"
+        except Exception:  # the cluster's state is only for the message
+            have = "the cluster's free resources unknown"
+        return f"Ray has not placed it; it asks for {', '.join(asks)} ({have})"
 
     def _accept(self, component: RayComponent, status: ComponentStatus) -> bool:
         """Record a ping answer; True when a server came back at a different address."""

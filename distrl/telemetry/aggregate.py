@@ -5,11 +5,14 @@ sinks), and every method takes `now` (a monotonic clock reading) so the rules
 can be tested without sleeping.
 
 Counting. Each source reports its own *cumulative* `env_steps` / `updates`.
-The run's count is the sum over sources. A count that drops means the source
-restarted (a restarted actor reuses its name and counts from 0 again), so the
-total it had reached is kept and its new count is added on top. A resumed run
-restores every source's state from `progress.json`, so a learner that resumes
-its own counter continues, and an actor that starts again from 0 is a restart.
+The run's count is the sum over sources, but the two counts restart differently.
+An actor's env steps count from 0 in every process: a count that drops means the
+actor restarted (it reuses its name), so the total it had reached is kept and its
+new count is added on top. A learner's updates are restored from its checkpoint:
+the count follows the source's latest value, so a learner that crash-restarts from
+an older checkpoint (520, then 500) counts 500, not 1020. A count of 0 is taken as
+not reported there (the wire cannot tell the two apart). A resumed run restores
+every source's state from `progress.json`.
 
 Reducing a window. A metric named `*_per_s` is a rate: the window's value is
 the sum over live sources of each one's latest value (eight actors at 1000
@@ -70,27 +73,43 @@ def qualified_name(source: str, name: str) -> str:
 
 @dataclass
 class SourceCount:
-    """One source's cumulative count, surviving restarts of that source."""
+    """One source's cumulative count, surviving restarts of that source.
+
+    `restored` counts (a learner's updates) come back from the source's checkpoint on a
+    restart, so the latest value is the count; the others start again from 0.
+    """
 
     previous: int = 0  # what earlier incarnations of the source had counted
     current: int = 0  # the latest count of the current incarnation
+    restored: bool = False
 
     @property
     def total(self) -> int:
         return self.previous + self.current
 
     def observe(self, value: int) -> None:
+        if self.restored:
+            if value:  # 0 is a report without a count (e.g. a heartbeat before the first update)
+                self.current = value
+            return
         if value < self.current:  # the source restarted and counts from 0 again
             self.previous += self.current
         self.current = value
 
 
 class RunCounter:
-    """A run total: a base (counts whose sources are unknown) plus every source's count."""
+    """A run total: a base (counts whose sources are unknown) plus every source's count.
 
-    def __init__(self, base: int = 0, sources: dict[str, SourceCount] | None = None) -> None:
+    `restored=True` for counts a restarted source restores from its checkpoint (updates);
+    False for counts that start again from 0 in every process (an actor's env steps).
+    """
+
+    def __init__(
+        self, base: int = 0, sources: dict[str, SourceCount] | None = None, restored: bool = False
+    ) -> None:
         self.base = base
         self.sources: dict[str, SourceCount] = dict(sources or {})
+        self.restored = restored
 
     @property
     def total(self) -> int:
@@ -101,18 +120,21 @@ class RunCounter:
         if state is None:
             if value == 0:  # nothing to count yet; keeps learners out of the env-step table
                 return
-            state = self.sources[source] = SourceCount()
+            state = self.sources[source] = SourceCount(restored=self.restored)
         state.observe(value)
 
     def source_state(self) -> dict[str, tuple[int, int]]:
         return {name: (s.previous, s.current) for name, s in self.sources.items()}
 
     @classmethod
-    def restore(cls, total: int, sources: dict[str, tuple[int, int]]) -> RunCounter:
-        counts = {name: SourceCount(previous, current) for name, (previous, current) in sources.items()}
+    def restore(cls, total: int, sources: dict[str, tuple[int, int]], restored: bool = False) -> RunCounter:
         # Counts from sources the file does not list (or a hand-edited total) stay in the base.
-        base = max(0, total - sum(c.total for c in counts.values()))
-        return cls(base, counts)
+        base = max(0, total - sum(previous + current for previous, current in sources.values()))
+        if restored:  # the latest value is the count (an older file may hold a double-counted `previous`)
+            counts = {name: SourceCount(0, current, restored=True) for name, (_, current) in sources.items()}
+        else:
+            counts = {name: SourceCount(previous, current) for name, (previous, current) in sources.items()}
+        return cls(base, counts, restored=restored)
 
 
 class Progress(BaseModel):
@@ -125,7 +147,8 @@ class Progress(BaseModel):
     wall_time: float = Field(0.0, ge=0)
     rows: int = Field(0, ge=0)
     unix_time: float | None = None
-    # source -> (count of earlier incarnations, count of the current one)
+    # source -> (count of earlier incarnations, count of the current one); updates are
+    # restored from the source's checkpoint, so their earlier-incarnations count is 0.
     env_steps_by_source: dict[str, tuple[int, int]] = Field(default_factory=dict)
     updates_by_source: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
@@ -293,7 +316,7 @@ class RunAggregate:
         self.rate_horizon_s = max(RATE_HORIZON_S, 5 * window_s)
         self.max_metric_names = max_metric_names
         self.env_steps = RunCounter.restore(progress.env_steps, progress.env_steps_by_source)
-        self.updates = RunCounter.restore(progress.updates, progress.updates_by_source)
+        self.updates = RunCounter.restore(progress.updates, progress.updates_by_source, restored=True)
         self._started = now
         self._wall_time_offset = progress.wall_time
         self._rows = progress.rows

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TransitionBatch(_message.Message):
-    __slots__ = ("table", "actor_id", "sequence", "policy_version", "fields", "rows", "layout")
+    __slots__ = ("table", "actor_id", "sequence", "policy_version", "fields", "rows", "layout", "incarnation")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class TransitionBatch(_message.Message):
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     table: str
     actor_id: str
     sequence: int
@@ -31,7 +32,8 @@ class TransitionBatch(_message.Message):
     fields: _containers.MessageMap[str, _tensor_pb2.Tensor]
     rows: _tensor_pb2.Tensor
     layout: RowLayout
-    def __init__(self, table: _Optional[str] = ..., actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., policy_version: _Optional[int] = ..., fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layout: _Optional[_Union[RowLayout, _Mapping]] = ...) -> None: ...
+    incarnation: bytes
+    def __init__(self, table: _Optional[str] = ..., actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., policy_version: _Optional[int] = ..., fields: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., layout: _Optional[_Union[RowLayout, _Mapping]] = ..., incarnation: _Optional[bytes] = ...) -> None: ...
 
 class RowLayout(_message.Message):
     __slots__ = ("row_bytes", "columns")

@@ -86,3 +86,26 @@ def best_within(evals: list[tuple[int, float]], budget: int) -> tuple[int, float
     within = [e for e in evals if e[0] <= budget]
     assert within, f"no evaluation within {budget} env steps (evaluations: {evals})"
     return max(within, key=lambda e: e[1])
+
+
+def start_train(config: str, run_dir: Path, *overrides: str, output: bool = True) -> subprocess.Popen:
+    """`distrl train CONFIG --run-dir RUN_DIR --no-console OVERRIDES` in the background, headless;
+    its stdout and stderr together in `proc.stdout` (or discarded with `output=False`)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distrl.cli",
+            "train",
+            config,
+            "--run-dir",
+            str(run_dir),
+            "--no-console",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+        stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

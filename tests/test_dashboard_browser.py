@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 
 from distrl.telemetry.dashboard import Dashboard
 from distrl.telemetry.dashboard_runs import FileRun
-from tests.run_helpers import ROOT, rows, wait_for
+from tests.run_helpers import rows, start_train, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -109,18 +108,9 @@ def _hover_value(browser: Browser, panel: str) -> str:
 
 def test_dashboard_live_during_a_real_run(tmp_path, browser):
     run_dir, port = tmp_path / "run", _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "distrl.cli", "train", "configs/sac_point.yaml",
-            "--run-dir", str(run_dir), "--no-console",
-            f"telemetry.dashboard_port={port}", "telemetry.report_every_s=1",
-            "train.total_env_steps=200000", "eval.every_updates=200", "eval.episodes=2",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "MUJOCO_GL": "disable"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_train(
+        "configs/sac_point.yaml", run_dir, f"telemetry.dashboard_port={port}", "telemetry.report_every_s=1",
+        "train.total_env_steps=200000", "eval.every_updates=200", "eval.episodes=2", output=False,
     )  # fmt: skip
     try:
         wait_for(lambda: len(rows(run_dir)) >= 2, 180, "the first metric rows", proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import grpc
 import numpy as np
 import pytest
 from certs import TlsFiles, make_tls_files
+from run_helpers import rows, start_train, wait_for
 
 from distrl.params import ParamsClient, ParamsSubscriptionError, RunningParamServer, start_params_server
 from distrl.proto.v1 import params_pb2, params_pb2_grpc
+from distrl.replay import ReplayClient
 from distrl.wire import SecurityConfig, check_health, open_channel
 
 TOKEN = "s3cret-token"
@@ -123,3 +126,49 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(tls, other_ca,
     with ParamsClient(address, trusted, timeout_s=TIMEOUT_S) as client:
         assert client.publish({"w": np.ones(2, dtype=np.float32)}) == 1
         assert client.info().version == 1
+
+
+@pytest.mark.slow
+def test_a_whole_training_run_over_tls_with_a_token_refuses_strangers(tls, tmp_path):
+    """`distrl train` with TLS and a token on every channel (actors, learner, evaluator, replay,
+    params, coordinator): it trains, and a client without the token or without TLS is refused."""
+    run_dir, token_file = tmp_path / "run", tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    proc = start_train(
+        "configs/sac_smoke.yaml", run_dir, "train.total_env_steps=100000",
+        f"network.security.tls_cert={tls.server_cert}", f"network.security.tls_key={tls.server_key}",
+        f"network.security.tls_ca={tls.ca_cert}", f"network.security.token_file={token_file}",
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: any(r.get("updates", 0) > 50 and "eval/return_mean" in r for r in rows(run_dir)),
+            240,
+            "updates and an evaluation over TLS",
+            proc,
+        )
+        log = (run_dir / "logs" / "replay-0.log").read_text()
+        address = next(
+            line.split("listening on ", 1)[1].strip() for line in log.splitlines() if "listening on" in line
+        )
+        with ReplayClient([address], security=SecurityConfig(tls_ca=tls.ca_cert, token=TOKEN)) as client:
+            assert client.info()[0].tables[0].size > 0  # the run's own credentials work
+        # A refused shard answers `up=False` with the status named.
+        for security in (
+            SecurityConfig(tls_ca=tls.ca_cert, token="wrong"),
+            SecurityConfig(tls_ca=tls.ca_cert),
+        ):
+            with ReplayClient([address], security=security, rpc_timeout_s=5.0) as client:
+                info = client.info()[0]
+                assert not info.up and info.error.startswith("UNAUTHENTICATED"), info.error
+        with ReplayClient(
+            [address], security=SecurityConfig(token=TOKEN), rpc_timeout_s=5.0
+        ) as client:  # no TLS
+            info = client.info()[0]
+            assert not info.up and info.error.split(":")[0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), (
+                info.error
+            )
+        assert TOKEN not in (run_dir / "config.yaml").read_text()  # the file's path is kept, not the secret
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output

@@ -28,13 +28,8 @@ from distrl.algos.sac.learning import bc_loss_per_item, demo_bc_term, polyak_upd
 SPEC = SpaceSpec(obs_dim=5, action_dim=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread avoids OpenMP barrier waits on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks: one torch thread each (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"hidden_sizes": (32, 32), "seed": 0}

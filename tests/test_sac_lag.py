@@ -42,13 +42,8 @@ SMALL = {"hidden_sizes": (32, 32), "seed": 0}
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: one thread avoids OpenMP barrier waits on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks: one torch thread each (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def learner(spec: SpaceSpec = SPEC, **overrides: object) -> SACLagLearner:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
 PROGRESS_FILE = "progress.json"
@@ -217,6 +219,8 @@ class FileRun(DashboardRun):
         if not (run_dir / METRICS_FILE).is_file():
             raise FileNotFoundError(f"{run_dir}: no {METRICS_FILE} (is this a run directory?)")
         super().__init__(run_id, name or run_dir.resolve().name, run_dir, RowHistory(max_rows))
+        # A run keeps its budget (a resume with a new one shows after the dashboard restarts).
+        self._total_env_steps = _read_total_env_steps(run_dir)
         self._offset = 0
         self._partial = ""
         self._last_row: dict[str, Any] = {}
@@ -266,7 +270,7 @@ class FileRun(DashboardRun):
 
     def snapshot(self) -> dict[str, Any]:
         row = self._last_row
-        total = self._total_env_steps()
+        total = self._total_env_steps
         env_steps = int(row.get("env_steps", 0))
         rate = float(row.get("env_steps_per_s", 0.0))
         live = self.is_live()
@@ -291,24 +295,20 @@ class FileRun(DashboardRun):
         self._stop.set()
         self._thread.join(2.0)
 
-    def _total_env_steps(self) -> int | None:
-        """`train.total_env_steps` from the run's saved config, when it has one."""
-        assert self.run_dir is not None
-        path = self.run_dir / "config.yaml"
-        try:
-            import yaml
-
-            config = yaml.safe_load(path.read_text())
-            total = config.get("train", {}).get("total_env_steps")
-        except (OSError, ValueError, AttributeError, ImportError):
-            return None
-        except Exception:  # yaml.YAMLError and friends: a broken file is not a reason to fail
-            return None
-        return int(total) if isinstance(total, int) and total > 0 else None
-
     def _follow(self) -> None:
         while not self._stop.wait(1.0):
             self.poll()
+
+
+def _read_total_env_steps(run_dir: Path | None) -> int | None:
+    if run_dir is None:
+        return None
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        total = config.get("train", {}).get("total_env_steps")
+    except (OSError, AttributeError, yaml.YAMLError):  # a missing or broken file only hides the total
+        return None
+    return int(total) if isinstance(total, int) and total > 0 else None
 
 
 def unique_names(dirs: list[Path]) -> list[str]:

@@ -70,17 +70,18 @@ def transitions(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 # -- the server subprocess --------------------------------------------------------------------------
 
 
-def _raw_handlers(server: grpc.Server) -> None:
-    def down(request: bytes, context):
+def _raw_handlers(server: grpc.aio.Server) -> None:
+    # Async like the replay servicer, on the same grpc.aio server.
+    async def down(request: bytes, context):
         size, count = (int(x) for x in request.decode().split())
         payload = os.urandom(size)
         for _ in range(count):
-            if not context.is_active():
+            if context.done():
                 return
             yield payload
 
-    def up(request_iterator, context):
-        for _ in request_iterator:
+    async def up(request_iterator, context):
+        async for _ in request_iterator:
             yield b"k"
 
     handler = grpc.method_handlers_generic_handler(

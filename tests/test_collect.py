@@ -295,11 +295,24 @@ def test_missing_or_broken_run_dir(tmp_path):
     with pytest.raises(CollectError, match="no such file"):
         plan_collection("gym:InvertedPendulum-v5", episodes=1, policy=str(run), checkpoint=run / "x.pt")
     checkpoint.unlink()
-    with pytest.raises(CollectError, match="no learner checkpoint"):
+    with pytest.raises(CollectError, match="no readable learner checkpoint"):
         plan_collection("gym:InvertedPendulum-v5", episodes=1, policy=str(run))
     args = ["demos", "collect", "gym:InvertedPendulum-v5", "--policy", str(tmp_path / "nope")]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.zarr")])
     assert result.exit_code == 2 and "no such run directory" in result.output
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    run, older, _ = make_run_dir(tmp_path)
+    newest = run / "checkpoints" / "learner-0000000009.pt"
+    newest.write_bytes(older.read_bytes()[:100])  # cut short, as by a full disk
+    plan = plan_collection("gym:InvertedPendulum-v5", episodes=1, policy=str(run))
+    assert plan.trained is not None and plan.trained.checkpoint == str(older.resolve())
+    assert plan.trained.updates == 7
+    newest.write_bytes(b"")
+    older.write_bytes(b"garbage")
+    with pytest.raises(CollectError, match="no readable learner checkpoint"):
+        plan_collection("gym:InvertedPendulum-v5", episodes=1, policy=str(run))
 
 
 def test_bad_options():

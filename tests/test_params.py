@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -321,6 +322,27 @@ def _malformed_streams() -> dict[str, list[params_pb2.ParamChunk]]:
         "version changes": mixed_versions,
         "no name": [params_pb2.ParamChunk(dtype=f32, shape=[1], data=b"\0" * 4, end_of_version=True)],
         "empty stream": [],
+        # Weight poisoning: versions no subscriber could decode, or that wedge the next publish.
+        "empty tensor of impossible shape": [
+            params_pb2.ParamChunk(name="w", dtype=f32, shape=[2**62, 2**62, 0], end_of_version=True)
+        ],
+        "70 dimensions": [
+            params_pb2.ParamChunk(name="w", dtype=f32, shape=[1] * 70, data=b"\0" * 4, end_of_version=True)
+        ],
+        "version INT64_MAX": [
+            params_pb2.ParamChunk(
+                name="w", dtype=f32, shape=[1], data=b"\0" * 4, version=2**63 - 1, end_of_version=True
+            )
+        ],
+        "updates not a number": [
+            params_pb2.ParamChunk(
+                name="w", dtype=f32, shape=[1], data=b"\0" * 4, metadata={"updates": "x"}, end_of_version=True
+            )
+        ],
+        "too many tensors": [
+            params_pb2.ParamChunk(name=f"t{i}", dtype=f32, shape=[0], end_of_version=i == 16384)
+            for i in range(16385)
+        ],
     }
 
 
@@ -692,3 +714,49 @@ def test_params_info_names_an_unreachable_server():
     assert out.returncode == 1
     assert "127.0.0.1:1" in out.stderr
     assert "UNAVAILABLE" in out.stderr or "DEADLINE_EXCEEDED" in out.stderr
+
+
+def test_a_subscriber_skips_a_version_no_array_can_hold_and_takes_the_next():
+    # A peer that is not a checking params server (an older one, or a hostile one) sends a version
+    # of 70 dimensions, then a good one, on one stream: the subscription skips the first and
+    # delivers the second instead of stopping for good.
+    from distrl.params.server import SERVICE_NAME
+    from distrl.wire import start_server
+
+    good = _chunks(2, w=np.arange(3, dtype=np.float32))
+    bad = params_pb2.ParamChunk(
+        name="w", dtype=tensor_pb2.FLOAT32, shape=[1] * 70, data=b"\0" * 4, version=1, end_of_version=True
+    )
+
+    async def subscribe(request, context):
+        for chunk in [bad, *good]:
+            await context.write(chunk.SerializeToString())
+        await asyncio.sleep(TIMEOUT_S)
+
+    def register(server):
+        handler = grpc.unary_stream_rpc_method_handler(
+            subscribe, request_deserializer=params_pb2.SubscribeRequest.FromString
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Subscribe": handler}),)
+        )
+
+    peer = start_server([register], [])
+    try:
+        with ParamsClient(peer.address) as client:
+            subscription = client.subscribe()
+            version = subscription.wait_for_version(2, timeout=TIMEOUT_S)
+            assert version.version == 2
+            np.testing.assert_array_equal(version.tensors["w"], np.arange(3, dtype=np.float32))
+            assert subscription.skipped_versions == 1
+    finally:
+        peer.stop(0)
+
+
+def test_updates_metadata_that_is_not_a_number_falls_back_to_the_version():
+    from distrl.params.names import updates_of
+
+    assert updates_of({"updates": "120"}, 7) == 120
+    for junk in ("x", "-3", "1e9", "9" * 40, ""):
+        assert updates_of({"updates": junk}, 7) == 7
+    assert updates_of({}, 7) == 7

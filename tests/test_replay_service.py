@@ -14,7 +14,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from replay_helpers import batch, check_rows, shard, start_cli_shard, stop_process, table_ids, wait_for
+import zstandard
+from replay_helpers import OBS, batch, check_rows, shard, start_cli_shard, stop_process, table_ids, wait_for
 
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc, tensor_pb2
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
@@ -158,6 +159,21 @@ def _corrupt_lz4(msg):
     return msg, "obs"
 
 
+def _zstd_bomb(msg):
+    # 77 KiB of zstd that would decompress to 96 MiB of zeros: refused before anything is allocated.
+    rows = 96 * 1024 * 1024 // (4 * OBS)
+    payload = zstandard.ZstdCompressor().compress(bytes(rows * 4 * OBS))
+    _corrupt(msg, "obs", compression=tensor_pb2.COMPRESSION_ZSTD, data=payload, shape=[rows, OBS])
+    return msg, "obs"
+
+
+def _lz4_bomb(msg):
+    # A size header claiming 2 GiB in front of a few bytes.
+    header = (2**31).to_bytes(4, "little")
+    _corrupt(msg, "obs", compression=tensor_pb2.COMPRESSION_LZ4, data=header + b"\x00" * 16)
+    return msg, "obs"
+
+
 def _unknown_dtype(msg):
     _corrupt(msg, "reward", dtype=99)
     return msg, "reward"
@@ -184,6 +200,8 @@ def _no_actor(msg):
         _nan,
         _corrupt_bytes,
         _corrupt_lz4,
+        _zstd_bomb,
+        _lz4_bomb,
         _unknown_dtype,
         _ragged,
         _no_actor,
@@ -203,6 +221,8 @@ def test_bad_batch_is_rejected_naming_the_field_and_the_shard_keeps_serving(stub
         details = err.value.details()
         named = dict(err.value.trailing_metadata())[REJECTED_FIELD_KEY]
         assert "batch 3" in details and f"field {named!r}" in details
+        if spoil in (_zstd_bomb, _lz4_bomb):  # named as a bomb, not by what it would have decoded to
+            assert "more than the" in details or "lz4 payload says it holds" in details
         if field is None:
             assert named in batch([0]) and "items while other fields have" in details
         else:
@@ -230,6 +250,30 @@ def test_bad_priority_update_is_invalid_argument(stub_for):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "priorities" in err.value.details()
         request.priorities.CopyFrom(encode(np.array([5.0, 1.0, 2.0])))
         assert stub.UpdatePriorities(request, timeout=5).updated == 3
+
+
+def test_priority_update_bomb_and_a_huge_sample_are_refused_before_allocating(stub_for):
+    with shard(capacity=100, sampler="prioritized") as (_, running):
+        stub = stub_for(running.address)
+        list(stub.Insert(iter([_request(range(10), 1)]), timeout=5))
+        claimed = 2**27  # 1 GiB of int64 keys, from a few hundred bytes of zstd
+        bomb = tensor_pb2.Tensor(
+            dtype=tensor_pb2.INT64,
+            shape=[claimed],
+            compression=tensor_pb2.COMPRESSION_ZSTD,
+            data=zstandard.ZstdCompressor().compress(bytes(1024)),
+        )
+        request = replay_pb2.UpdatePrioritiesRequest(
+            table="default", keys=bomb, priorities=encode(np.ones(3))
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UpdatePriorities(request, timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "keys" in err.value.details() and "more than the" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            _sample(stub, 10**9)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most" in err.value.details()
+        assert len(check_rows(_sample(stub, 8)[0].columns)) == 8  # still serving
 
 
 # -- resends -------------------------------------------------------------------------------------

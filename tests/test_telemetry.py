@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from rich.console import Console
 from distrl.config import TelemetryConfig, WandbConfig
 from distrl.proto.v1 import telemetry_pb2, telemetry_pb2_grpc
 from distrl.telemetry import Coordinator, TelemetryReporter, load_progress, start_coordinator_server
-from distrl.telemetry.aggregate import Progress, RunAggregate, TelemetrySnapshot, reduction_for
+from distrl.telemetry.aggregate import MAX_SOURCES, Progress, RunAggregate, TelemetrySnapshot, reduction_for
 from distrl.telemetry.console import ConsoleProgress, format_line, render_panel
 from distrl.telemetry.dashboard import RowHistory
 from distrl.telemetry.sinks import prometheus_name, resolve_wandb_mode, wandb_logged_in
@@ -631,3 +632,47 @@ def test_serve_coordinator_command(tmp_path):
     rows = read_rows(run_dir / "metrics.jsonl")
     assert rows[-1]["env_steps"] == 42 and rows[-1]["actor/episode_return"] == 4.0
     assert load_progress(run_dir)["env_steps"] == 42
+
+
+# -- what a reporter cannot do -------------------------------------------------------------------
+
+
+def test_huge_values_stay_finite_and_metrics_jsonl_keeps_writing(served):
+    coordinator, running = served
+    stub = telemetry_pb2_grpc.TelemetryStub(open_channel(running.address))
+    batches = []
+    for steps in (10, 20):  # two finite values whose sum is not
+        batches.append(telemetry_pb2.MetricBatch(source="actor/0", env_steps=steps))
+        batches[-1].metrics.add(name="episode_return", value=1.7e308)
+    assert stub.Report(iter(batches), timeout=5).accepted == 2
+    assert coordinator.flush_window() is not None
+    coordinator.ingest("actor/0", {"episode_return": 2.0}, env_steps=30)
+    assert coordinator.flush_window() is not None
+    rows = read_rows(coordinator.metrics_path)
+    assert len(rows) == 2  # the second row was written: the file was not given up on
+    assert math.isfinite(rows[0]["actor/episode_return"]) and rows[0]["actor/episode_return"] > 1e200
+    assert rows[1]["actor/episode_return"] == 2.0
+
+
+def test_a_reporter_cannot_claim_env_steps_long_names_or_endless_sources(served):
+    coordinator, running = served
+    stub = telemetry_pb2_grpc.TelemetryStub(open_channel(running.address))
+    stub.Report(iter([telemetry_pb2.MetricBatch(source="actor/0", env_steps=100)]), timeout=5)
+    # 10^15 env steps would "reach" total_env_steps and end the run.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Report(iter([telemetry_pb2.MetricBatch(source="actor/0", env_steps=10**15)]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "grew by more than" in err.value.details()
+    assert coordinator.snapshot().env_steps == 100
+    long_name = telemetry_pb2.MetricBatch(source="actor/0", env_steps=101)
+    long_name.metrics.add(name="x" * 100_000, value=1.0)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Report(iter([long_name]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "longer than" in err.value.details()
+    for i in range(1, MAX_SOURCES):
+        coordinator.ingest(f"actor/{i}", {}, env_steps=1)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Report(iter([telemetry_pb2.MetricBatch(source="actor/one-too-many", env_steps=1)]), timeout=5)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Sources already known still report.
+    assert stub.Report(iter([telemetry_pb2.MetricBatch(source="actor/0", env_steps=150)]), timeout=5)
+    assert coordinator.snapshot().env_steps == 150 + MAX_SOURCES - 1

@@ -26,7 +26,8 @@ from distrl.algos import POLICY_PARAMS, Policy, make_policy
 from distrl.config import ExperimentConfig
 from distrl.envs import make_env
 from distrl.experiment import experiment_fields, space_of
-from distrl.params import UPDATES_KEY, ParamsClient
+from distrl.params import ParamsClient
+from distrl.params.names import updates_of
 from distrl.replay.client import ReplayClient
 from distrl.telemetry import TelemetryReporter
 
@@ -192,4 +193,4 @@ class Actor:
         self.param_versions[name] = latest.version
         if name == POLICY_PARAMS:
             self.policy_version = latest.version
-            self.learner_updates = int(latest.metadata.get(UPDATES_KEY, latest.version))
+            self.learner_updates = updates_of(latest.metadata, latest.version)

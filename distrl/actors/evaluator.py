@@ -17,7 +17,8 @@ from distrl.config import ExperimentConfig
 from distrl.envs import EnvConfig, make_env
 from distrl.envs.render import prefer_headless_gl
 from distrl.experiment import env_space
-from distrl.params import UPDATES_KEY, ParamsClient
+from distrl.params import ParamsClient
+from distrl.params.names import updates_of
 from distrl.telemetry import TelemetryReporter
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -124,7 +125,7 @@ class Evaluator:
         try:
             while not stop.is_set():
                 latest = subscription.latest()
-                updates = int(latest.metadata.get(UPDATES_KEY, latest.version)) if latest else 0
+                updates = updates_of(latest.metadata, latest.version) if latest else 0
                 if latest is None or updates < next_at:
                     stop.wait(0.5)
                     continue

@@ -132,15 +132,21 @@ def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = Non
     except ConfigError as exc:
         raise CollectError(f"--policy {run_dir}: {exc}") from None
     if checkpoint is None:
-        path = ckpt.latest_checkpoint(run_dir / "checkpoints")
-        if path is None:
-            raise CollectError(f"--policy {run_dir}: no learner checkpoint in {run_dir / 'checkpoints'}")
+        # The newest readable one: a truncated newest file falls back to the one before (with a warning).
+        latest = ckpt.load_latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            raise CollectError(
+                f"--policy {run_dir}: no readable learner checkpoint in {run_dir / 'checkpoints'}"
+            )
+        path, state = latest
     else:
         path = Path(checkpoint)
         if not path.is_file():
             raise CollectError(f"--checkpoint {path}: no such file")
+        state = None
     try:
-        state = ckpt.load_checkpoint(path)
+        if state is None:
+            state = ckpt.load_checkpoint(path)
         space = ckpt.checkpoint_space(state)
         algo_name = str(state.get("algo_name", config.algo.name))
         algo = make_algorithm(algo_name, space, config.algo.params(), "cpu")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distrl.params.names import resolve_param_set
+from distrl.params.names import MAX_VERSION, UPDATES_KEY, resolve_param_set
 from distrl.proto.v1 import params_pb2, tensor_pb2
 from distrl.wire.codec import TensorDecodeError, decode, dtype_from_proto, dtype_to_proto
 
@@ -28,6 +28,9 @@ _HEADER_ROOM = 64 * 1024
 MAX_NAME_CHARS = 1024
 # A publisher cannot make the server allocate more than this for one version.
 DEFAULT_MAX_VERSION_BYTES = 16 * 1024**3
+# numpy's own limit on dimensions; and tensors per version (every name is listed by Info).
+MAX_DIMS = 32
+MAX_TENSORS = 16384
 
 
 class ChunkStreamError(ValueError):
@@ -156,7 +159,8 @@ class VersionAssembler:
     version: int | None = None
     param_set: str | None = None
     complete: bool = False
-    num_bytes: int = 0
+    num_bytes: int = 0  # tensor data
+    _held_bytes: int = 0  # tensor data, names and metadata: what max_version_bytes bounds
     _tensors: dict[str, _TensorParts] = field(default_factory=dict)
     _current: _TensorParts | None = None
 
@@ -177,6 +181,8 @@ class VersionAssembler:
         self._check_param_set(chunk.param_set, where)
         if chunk.version < 0:
             raise ChunkStreamError(f"{where} has negative version {chunk.version}")
+        if chunk.version > MAX_VERSION:
+            raise ChunkStreamError(f"{where} has version {chunk.version}; versions go up to {MAX_VERSION}")
         if self.version is None:
             self.version = chunk.version
         elif chunk.version != self.version:
@@ -187,7 +193,8 @@ class VersionAssembler:
         if parts is None or chunk.name != parts.name:
             parts = self._start_tensor(chunk, where)
         self._continue_tensor(parts, chunk)
-        self.metadata.update(chunk.metadata)
+        if chunk.metadata:
+            self._add_metadata(chunk, where)
         self.chunks.append(chunk)
         if chunk.end_of_version:
             self._check_finished(parts)
@@ -214,6 +221,23 @@ class VersionAssembler:
                 raise ChunkStreamError(str(exc)) from None
         return out
 
+    def _add_metadata(self, chunk: params_pb2.ParamChunk, where: str) -> None:
+        """Metadata counts toward the version's size; the update count must be an integer."""
+        updates = chunk.metadata.get(UPDATES_KEY)
+        if updates is not None and not (updates.isdigit() and len(updates) <= 18):
+            raise ChunkStreamError(
+                f"{where}: metadata {UPDATES_KEY!r} must be a non-negative integer, got {updates[:40]!r}"
+            )
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in chunk.metadata.items())
+        self._count_bytes(size, f"{where}: metadata")
+        self.metadata.update(chunk.metadata)
+
+    def _count_bytes(self, n: int, what: str) -> None:
+        """Count `n` bytes (tensor data, names, metadata) against `max_version_bytes`."""
+        if self._held_bytes + n > self.max_version_bytes:
+            raise ChunkStreamError(f"{what} takes the version past {self.max_version_bytes} bytes")
+        self._held_bytes += n
+
     def _check_param_set(self, name: str, where: str) -> None:
         try:
             param_set = resolve_param_set(name)
@@ -239,14 +263,25 @@ class VersionAssembler:
             dtype = dtype_from_proto(chunk.dtype)
         except TensorDecodeError as exc:
             raise ChunkStreamError(f"{where}: tensor {name!r}: {exc}") from None
+        if len(self._tensors) >= MAX_TENSORS:
+            raise ChunkStreamError(f"{where}: more than {MAX_TENSORS} tensors in one version")
+        if len(chunk.shape) > MAX_DIMS:
+            raise ChunkStreamError(
+                f"{where}: tensor {name!r} has {len(chunk.shape)} dimensions, at most {MAX_DIMS}"
+            )
         shape = tuple(int(s) for s in chunk.shape)
         if any(s < 0 for s in shape):
             raise ChunkStreamError(f"{where}: tensor {name!r} has a negative dimension in shape {shape}")
-        expected = dtype.itemsize * math.prod(shape)
-        if self.num_bytes + expected > self.max_version_bytes:
+        # Judged by its nonzero dimensions too: an empty tensor of shape [2^62, 2^62, 0] is 0 bytes,
+        # but no subscriber could build it.
+        if dtype.itemsize * math.prod(s for s in shape if s) > self.max_version_bytes:
             raise ChunkStreamError(
-                f"{where}: tensor {name!r} takes the version past {self.max_version_bytes} bytes"
+                f"{where}: tensor {name!r} of shape {shape} takes the version past "
+                f"{self.max_version_bytes} bytes"
             )
+        expected = dtype.itemsize * math.prod(shape)
+        # Its name counts as well: a version of 250k empty tensors is not free.
+        self._count_bytes(expected + len(name.encode()), f"{where}: tensor {name!r}")
         self.num_bytes += expected
         parts = _TensorParts(name, chunk.dtype, shape, expected, first_chunk=len(self.chunks))
         self._tensors[name] = parts

@@ -46,7 +46,7 @@ def serve_params(
     keepalive_timeout_s: KeepaliveTimeoutOpt = 10.0,
     max_subscribers: Annotated[
         int, typer.Option("--max-subscribers", min=1, help="open Subscribe streams allowed at once")
-    ] = 128,
+    ] = 1024,
     max_version_mib: Annotated[
         float, typer.Option("--max-version-mib", min=0.001, help="largest version a publisher may send")
     ] = 16 * 1024,

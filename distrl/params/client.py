@@ -5,11 +5,14 @@ has its own version numbers. `ParamsClient.subscribe()` returns a
 `ParamSubscription` bound to one set: a background thread that keeps a Subscribe
 stream open, reassembles each version from its chunks (exposing it only when
 complete), and after a dropped connection or a server restart reconnects with
-backoff, resuming after the newest version of that set it holds.
+backoff, resuming after the newest version of that set it holds. A complete
+version it cannot decode (a shape no array can have) is skipped with a warning,
+and the next one is taken: a bad publish never stops a subscriber for good.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -66,6 +69,9 @@ class ParamsInfo:
     names: list[str]
     param_set: str
     sets: list[str]
+
+
+log = logging.getLogger(__name__)
 
 
 class ParamsSubscriptionError(RuntimeError):
@@ -218,6 +224,7 @@ class ParamSubscription:
         self._call = None
         self._closed = threading.Event()
         self.reconnects = 0
+        self.skipped_versions = 0  # complete versions that could not be decoded
         self._thread = threading.Thread(target=self._run, name="param-subscription", daemon=True)
         self._thread.start()
 
@@ -308,11 +315,23 @@ class ParamSubscription:
             return False
         delivered = False
         assembler = VersionAssembler()
+        skipping = False  # through the rest of a version that failed its checks
         for chunk in call:
-            if not assembler.add(chunk):
+            if skipping:
+                skipping = not chunk.end_of_version
                 continue
-            version = _to_version(assembler, self.param_set)
-            assembler = VersionAssembler()
+            try:
+                if not assembler.add(chunk):
+                    continue
+                finished, assembler = assembler, VersionAssembler()
+                version = _to_version(finished, self.param_set)
+            except ChunkStreamError as exc:
+                # A version no array can be built from: skip to the next one on the same stream.
+                self.skipped_versions += 1
+                log.warning("skipping version %s of %r: %s", chunk.version, self.param_set, exc)
+                skipping = not chunk.end_of_version
+                assembler = VersionAssembler()
+                continue
             if version.version <= self.version:
                 continue  # never go backwards
             with self._cond:

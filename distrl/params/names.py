@@ -15,6 +15,8 @@ DEFAULT_PARAM_SET = "policy"
 # Metadata key a learner sets on every version it publishes: its update count.
 UPDATES_KEY = "updates"
 MAX_PARAM_SET_CHARS = 64
+# The highest version number a publisher may give: "current + 1" must stay a valid int64 forever.
+MAX_VERSION = 2**53
 
 _SET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -35,3 +37,12 @@ def resolve_param_set(name: str) -> str:
     if not _SET_NAME.fullmatch(name):
         raise ValueError(f"parameter set name {name!r} may only contain letters, digits, '_', '.' and '-'")
     return name
+
+
+def updates_of(metadata: dict[str, str], default: int) -> int:
+    """The learner update count a version carries (`UPDATES_KEY`), or `default` when it has none
+    or it is not a non-negative integer (a subscriber must not fail on a publisher's typo)."""
+    value = metadata.get(UPDATES_KEY)
+    if value is None or not value.isdigit() or len(value) > 18:
+        return default
+    return int(value)

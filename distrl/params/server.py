@@ -27,17 +27,23 @@ Protocol (`protos/distrl/v1/params.proto`, service `distrl.v1.Parameters`):
   publish counts, and the names of every set held.
 
 Each version's chunk messages are serialized once, when it is published, and the
-same bytes are written to every subscriber. The server keeps no state on disk:
+same bytes are written to every subscriber. The handlers are async and run on the
+gRPC server's event loop, so a subscriber waiting for the next version costs a
+coroutine, not a thread: one server keeps a stream open to every actor (up to
+`max_subscribers`) and still answers Publish, Fetch and Info at once. Serializing
+a large version runs in a small thread pool, so a big publish (a frozen base
+model) does not stall the streams. The server keeps no state on disk:
 after a restart it is empty, and publishers that keep their own version counter
 (the learner's update count) let reconnecting subscribers resume.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -51,19 +57,23 @@ from distrl.params.chunks import (
 from distrl.params.names import DEFAULT_PARAM_SET, resolve_param_set
 from distrl.proto.v1 import params_pb2
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
-from distrl.wire.server import RunningServer, start_server
+from distrl.wire.server import DEFAULT_MAX_CONCURRENT_RPCS, BlockingPool, RunningServer, start_server
 
 SERVICE_NAME = params_pb2.DESCRIPTOR.services_by_name["Parameters"].full_name
 DEFAULT_PORT = 50052
-DEFAULT_MAX_SUBSCRIBERS = 128
+# A subscriber costs a coroutine and a gRPC call, not a thread: room for every actor of a big run.
+DEFAULT_MAX_SUBSCRIBERS = 1024
 DEFAULT_MAX_SETS = 16
-# Worker threads kept free of subscriber streams, so Publish, Fetch and Info always get one.
-_SPARE_WORKERS = 8
-# Waiting subscribers re-check cancellation at least this often (callbacks usually wake them sooner).
-_WAIT_POLL_S = 1.0
+# Calls the gRPC server takes besides the subscriber streams (publishers, fetches, info, health),
+# so a full house of subscribers never gets the others refused by the server's call limit.
+_OTHER_CALLS = 256
+# A version this large is serialized in the commit pool instead of on the event loop.
+_SERIALIZE_OFF_LOOP_BYTES = MAX_MESSAGE_BYTES
+_COMMIT_THREADS = 2
 # The grpc message limit sits above the protocol's 4 MiB so an oversized chunk reaches
 # the handler and is refused with INVALID_ARGUMENT naming the problem.
 _TRANSPORT_MAX_MESSAGE_BYTES = 4 * MAX_MESSAGE_BYTES
+_METADATA_TOO_BIG = "publish rejected: metadata does not fit in the first chunk"
 
 
 @dataclass(frozen=True)
@@ -84,13 +94,21 @@ class _ParamSet:
     current: _Version | None = None
     publishes: int = 0
     subscribers: int = 0
+    # Set (and replaced by a fresh one) whenever the set changes or the server closes; subscribers
+    # wait on the event they saw with the state, so no wake-up is lost. Touched on the loop only.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        """Wake every subscriber waiting on this set; caller holds the server's lock, on the loop."""
+        woken, self.changed = self.changed, asyncio.Event()
+        woken.set()
 
 
 @dataclass
 class _PublishLock:
     """Serializes the publishers of one set; dropped when none is using it."""
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
 
 
@@ -98,8 +116,28 @@ def _already_serialized(message: bytes) -> bytes:
     return message
 
 
+def _serialize_chunks(assembler: VersionAssembler, name: str, number: int) -> tuple[bytes, ...] | None:
+    """The chunk messages of a version numbered `number` of set `name`; None when its metadata
+    does not fit in the first chunk."""
+    messages = []
+    for index, chunk in enumerate(assembler.chunks):
+        chunk.version = number
+        chunk.param_set = name
+        chunk.metadata.clear()
+        if index == 0:
+            chunk.metadata.update(assembler.metadata)
+            if chunk.ByteSize() >= MAX_MESSAGE_BYTES:
+                return None
+        messages.append(chunk.SerializeToString())
+    return tuple(messages)
+
+
 class ParamServer:
-    """Servicer of `distrl.v1.Parameters`; register it with `add_to_server`."""
+    """Servicer of `distrl.v1.Parameters`; register it with `add_to_server` on a `grpc.aio` server.
+
+    The RPC handlers run on the server's event loop. `version_of`, `sets` and `close` may be
+    called from any thread.
+    """
 
     def __init__(
         self,
@@ -116,14 +154,19 @@ class ParamServer:
         self.max_subscribers = max_subscribers
         self.max_version_bytes = max_version_bytes
         self.max_sets = max_sets
-        self._cond = threading.Condition()
+        # Guards the state below; held briefly and never across an await (other threads read it).
+        self._lock = threading.Lock()
         # Sets that are published or waited on; a set is held once it has a current version.
         self._sets: dict[str, _ParamSet] = {}
-        # Publishers of one set commit one at a time, so "current + 1" and the newer-than check
-        # see a stable current; publishers of different sets (a large base model) do not wait.
-        self._publish_locks: dict[str, _PublishLock] = {}
         self._subscribers = 0
         self._closed = False
+        # The event loop the handlers run on, so close() can wake the subscribers from any thread.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Publishers of one set commit one at a time, so "current + 1" and the newer-than check
+        # see a stable current; publishers of different sets (a large base model) do not wait.
+        # Touched on the loop only.
+        self._publish_locks: dict[str, _PublishLock] = {}
+        self._commit_pool = BlockingPool("params-commit", _COMMIT_THREADS)
 
     @property
     def version(self) -> int:
@@ -132,19 +175,21 @@ class ParamServer:
 
     def version_of(self, param_set: str) -> int:
         """The current version number of `param_set` (0 before its first publish)."""
-        with self._cond:
-            state = self._sets.get(resolve_param_set(param_set))
+        name = resolve_param_set(param_set)
+        with self._lock:
+            state = self._sets.get(name)
             return state.current.number if state and state.current else 0
 
     @property
     def sets(self) -> list[str]:
         """The names of the sets held (published at least once), sorted."""
-        with self._cond:
+        with self._lock:
             return self._held_sets()
 
-    def add_to_server(self, server: grpc.Server) -> None:
+    def add_to_server(self, server: grpc.aio.Server) -> None:
         # Registered by hand (not with the generated helper) so Subscribe and Fetch can
         # send the bytes serialized once at publish time.
+        self._bind_loop()
         handlers = {
             "Publish": grpc.stream_unary_rpc_method_handler(
                 self.Publish,
@@ -170,90 +215,121 @@ class ParamServer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
     def close(self) -> None:
-        """End every subscriber stream (they reconnect elsewhere); used when shutting down."""
-        with self._cond:
+        """End every subscriber stream (they reconnect elsewhere); used when shutting down.
+
+        Safe from any thread: the subscribers are woken on the server's event loop.
+        """
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake_all)
+        except RuntimeError:
+            pass  # the loop is closed: no subscriber is left to wake
+
+    def release(self) -> None:
+        """Free the commit threads; call after the server has stopped."""
+        self._commit_pool.close()
 
     # -- RPCs ---------------------------------------------------------------------------------
 
-    def Publish(self, request_iterator: Iterator[params_pb2.ParamChunk], context: grpc.ServicerContext):
+    async def Publish(
+        self, request_iterator: AsyncIterator[params_pb2.ParamChunk], context: grpc.aio.ServicerContext
+    ) -> params_pb2.PublishResponse:
         assembler = VersionAssembler(max_version_bytes=self.max_version_bytes)
+        refusal: tuple[grpc.StatusCode, str] | None = None
         try:
-            for chunk in request_iterator:
+            async for chunk in request_iterator:
                 assembler.add(chunk)
                 if len(assembler.chunks) == 1:
                     # Refuse a stale version or a set past the limit before the publisher
                     # sends the whole model.
-                    self._check_publishable(assembler.param_set, assembler.version or 0, context)
-            assembler.finish()
+                    refusal = self._publish_refusal(assembler.param_set, assembler.version or 0)
+                    if refusal:
+                        break
+            else:
+                assembler.finish()
         except ChunkStreamError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"publish rejected: {exc}")
-        number = self._commit(assembler, context)
+            refusal = (grpc.StatusCode.INVALID_ARGUMENT, f"publish rejected: {exc}")
+        if refusal:
+            await context.abort(*refusal)
+        number = await self._commit(assembler, context)
         return params_pb2.PublishResponse(version=number)
 
-    def Subscribe(
-        self, request: params_pb2.SubscribeRequest, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
-        name = self._param_set_of(request, context)
+    async def Subscribe(
+        self, request: params_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        # A coroutine writing with context.write (not an async generator): when the call ends
+        # (cancel, deadline, dropped peer) gRPC cancels it wherever it waits, and the finally
+        # below releases its place at once.
+        self._bind_loop()
+        name = await self._param_set_of(request, context)
         if request.after_version < 0:
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"after_version must be >= 0, got {request.after_version}"
             )
-        with self._cond:
-            if self._subscribers >= self.max_subscribers:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"subscriber limit {self.max_subscribers} reached (server option --max-subscribers)",
-                )
-            self._subscribers += 1
-            # A set not published yet gets its state now, so its first publish wakes this subscriber.
-            state = self._sets.setdefault(name, _ParamSet())
-            state.subscribers += 1
+        with self._lock:
+            full = self._subscribers >= self.max_subscribers
+            if not full:
+                self._subscribers += 1
+                # A set not published yet gets its state now, so its first publish wakes this subscriber.
+                state = self._sets.setdefault(name, _ParamSet())
+                state.subscribers += 1
+        if full:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"subscriber limit {self.max_subscribers} reached (server option --max-subscribers)",
+            )
         try:
-            # Wake the waiting loop as soon as the call ends (cancel, deadline, dropped peer).
-            context.add_callback(self._wake_all)
             last = request.after_version
             while True:
-                version = self._wait_newer(state, last, context)
+                version = await self._wait_newer(state, last)
                 if version is None:
                     return
                 # Always the whole version, even if a newer one lands meanwhile: the
                 # subscriber only ever assembles complete versions.
-                yield from version.messages
+                for message in version.messages:
+                    await context.write(message)
                 last = version.number
         finally:
-            with self._cond:
+            with self._lock:
                 self._subscribers -= 1
                 state.subscribers -= 1
                 if state.current is None and not state.subscribers:
                     del self._sets[name]
 
-    def Fetch(self, request: params_pb2.FetchRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        name = self._param_set_of(request, context)
-        with self._cond:
+    async def Fetch(self, request: params_pb2.FetchRequest, context: grpc.aio.ServicerContext) -> None:
+        name = await self._param_set_of(request, context)
+        with self._lock:
             state = self._sets.get(name)
             current = state.current if state else None
             held = self._held_sets()
         if current is None:
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no version of parameter set {name!r} has been published yet "
                 f"(sets held: {', '.join(held) or 'none'})",
             )
         if current.number < request.min_version:
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"current version {current.number} of parameter set {name!r} is older than "
                 f"min_version {request.min_version}",
             )
-        yield from current.messages
+        for message in current.messages:
+            await context.write(message)
 
-    def Info(self, request: params_pb2.ParamsInfoRequest, context: grpc.ServicerContext):
-        name = self._param_set_of(request, context)
-        with self._cond:
-            state = self._sets.get(name) or _ParamSet()
-            current, subscribers, publishes = state.current, state.subscribers, state.publishes
+    async def Info(
+        self, request: params_pb2.ParamsInfoRequest, context: grpc.aio.ServicerContext
+    ) -> params_pb2.ParamsInfoResponse:
+        name = await self._param_set_of(request, context)
+        with self._lock:
+            state = self._sets.get(name)
+            current = state.current if state else None
+            subscribers = state.subscribers if state else 0
+            publishes = state.publishes if state else 0
             held = self._held_sets()
         info = params_pb2.ParamsInfoResponse(
             param_set=name, sets=held, subscribers=subscribers, publishes=publishes
@@ -268,20 +344,31 @@ class ParamServer:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _bind_loop(self) -> None:
+        """Remember the event loop the handlers run on (called on it)."""
+        if self._loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # registered outside a loop: the first Subscribe binds it
+            with self._lock:
+                self._loop = loop
+
     @staticmethod
-    def _param_set_of(request, context: grpc.ServicerContext) -> str:
+    async def _param_set_of(request, context: grpc.aio.ServicerContext) -> str:
         try:
             return resolve_param_set(request.param_set)
         except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise  # unreachable: abort raises
+            message = str(exc)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        raise AssertionError("unreachable: abort raises")
 
     def _held_sets(self) -> list[str]:
-        """The names of the sets that have a version, sorted; caller holds self._cond."""
+        """The names of the sets that have a version, sorted; caller holds self._lock."""
         return sorted(name for name, state in self._sets.items() if state.current is not None)
 
     def _set_limit_error(self, name: str) -> str | None:
-        """Why a first version of `name` would pass the set limit, or None; caller holds self._cond."""
+        """Why a first version of `name` would pass the set limit, or None; caller holds self._lock."""
         held = self._held_sets()
         if name in held or len(held) < self.max_sets:
             return None
@@ -290,88 +377,90 @@ class ParamServer:
             f"holds its limit of {self.max_sets} ({', '.join(held)}; server option --max-sets)"
         )
 
-    def _check_publishable(self, name: str, requested: int, context: grpc.ServicerContext) -> None:
-        """Abort unless set `name` may take a version `requested` (0: the next) newer than its current."""
-        with self._cond:
+    def _publish_refusal(self, name: str | None, requested: int) -> tuple[grpc.StatusCode, str] | None:
+        """Why set `name` may not take a version `requested` (0: the next) newer than its current."""
+        name = name or DEFAULT_PARAM_SET
+        with self._lock:
             limit_error = self._set_limit_error(name)
             state = self._sets.get(name)
             current = state.current.number if state and state.current else 0
         if limit_error:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, limit_error)
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, limit_error
         if requested and requested <= current:
-            context.abort(
+            return (
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"version {requested} is not newer than the current version {current} "
                 f"of parameter set {name!r}",
             )
+        return None
 
-    @contextmanager
-    def _publishing(self, name: str) -> Iterator[None]:
-        """Hold the publish lock of set `name`."""
-        with self._cond:
-            entry = self._publish_locks.setdefault(name, _PublishLock())
-            entry.users += 1
+    @asynccontextmanager
+    async def _publishing(self, name: str) -> AsyncIterator[None]:
+        """Hold the publish lock of set `name` (on the loop)."""
+        entry = self._publish_locks.setdefault(name, _PublishLock())
+        entry.users += 1
         try:
-            with entry.lock:
+            async with entry.lock:
                 yield
         finally:
-            with self._cond:
-                entry.users -= 1
-                if not entry.users:
-                    del self._publish_locks[name]
+            entry.users -= 1
+            if not entry.users:
+                del self._publish_locks[name]
 
-    def _commit(self, assembler: VersionAssembler, context: grpc.ServicerContext) -> int:
+    async def _commit(self, assembler: VersionAssembler, context: grpc.aio.ServicerContext) -> int:
         name = assembler.param_set or DEFAULT_PARAM_SET
-        with self._publishing(name):
+        async with self._publishing(name):
             requested = assembler.version or 0
-            self._check_publishable(name, requested, context)
+            refusal = self._publish_refusal(name, requested)
+            if refusal:
+                await context.abort(*refusal)
             number = requested or self.version_of(name) + 1
-            messages = []
-            for index, chunk in enumerate(assembler.chunks):
-                chunk.version = number
-                chunk.param_set = name
-                chunk.metadata.clear()
-                if index == 0:
-                    chunk.metadata.update(assembler.metadata)
-                    if chunk.ByteSize() >= MAX_MESSAGE_BYTES:
-                        context.abort(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            "publish rejected: metadata does not fit in the first chunk",
-                        )
-                messages.append(chunk.SerializeToString())
+            if assembler.num_bytes >= _SERIALIZE_OFF_LOOP_BYTES:
+                # Off the loop, so the streams keep flowing while a big version is serialized.
+                messages = await self._commit_pool.run(_serialize_chunks, assembler, name, number)
+            else:
+                messages = _serialize_chunks(assembler, name, number)
+            if messages is None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _METADATA_TOO_BIG)
             version = _Version(
                 number=number,
-                messages=tuple(messages),
+                messages=messages,
                 names=tuple(assembler.names),
                 num_bytes=assembler.num_bytes,
                 published_unix_s=time.time(),
             )
-            with self._cond:
+            with self._lock:
                 # Checked again here: publishers of two new sets may race past the first check.
                 limit_error = self._set_limit_error(name)
                 if limit_error is None:
                     state = self._sets.setdefault(name, _ParamSet())
                     state.current = version
                     state.publishes += 1
-                    self._cond.notify_all()
+                    state.notify()
             if limit_error:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, limit_error)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, limit_error)
         return number
 
-    def _wait_newer(self, state: _ParamSet, last: int, context: grpc.ServicerContext) -> _Version | None:
-        """The set's current version once it is newer than `last`; None when the call or server ends."""
-        with self._cond:
-            while True:
-                if self._closed or not context.is_active():
+    async def _wait_newer(self, state: _ParamSet, last: int) -> _Version | None:
+        """The set's current version once it is newer than `last`; None when the server closes.
+
+        The call ending cancels the waiting coroutine, so nothing polls for it.
+        """
+        while True:
+            with self._lock:
+                if self._closed:
                     return None
                 current = state.current
                 if current is not None and current.number > last:
                     return current
-                self._cond.wait(_WAIT_POLL_S)
+                changed = state.changed
+            await changed.wait()
 
     def _wake_all(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        """Wake every waiting subscriber (on the loop), so each sees the server closed."""
+        with self._lock:
+            for state in self._sets.values():
+                state.notify()
 
 
 @dataclass
@@ -391,7 +480,10 @@ class RunningParamServer:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self.params.close()
-        self.running.stop(grace)
+        try:
+            self.running.stop(grace)
+        finally:
+            self.params.release()
 
 
 def start_params_server(
@@ -407,15 +499,18 @@ def start_params_server(
     params = ParamServer(
         max_subscribers=max_subscribers, max_version_bytes=max_version_bytes, max_sets=max_sets
     )
-    running = start_server(
-        register=[params.add_to_server],
-        service_names=[SERVICE_NAME],
-        host=host,
-        port=port,
-        security=security,
-        keepalive=keepalive,
-        # The sync server gives each open Subscribe stream a thread for its lifetime.
-        max_workers=max_subscribers + _SPARE_WORKERS,
-        max_message_bytes=_TRANSPORT_MAX_MESSAGE_BYTES,
-    )
+    try:
+        running = start_server(
+            register=[params.add_to_server],
+            service_names=[SERVICE_NAME],
+            host=host,
+            port=port,
+            security=security,
+            keepalive=keepalive,
+            max_concurrent_rpcs=max(DEFAULT_MAX_CONCURRENT_RPCS, max_subscribers + _OTHER_CALLS),
+            max_message_bytes=_TRANSPORT_MAX_MESSAGE_BYTES,
+        )
+    except BaseException:
+        params.release()
+        raise
     return RunningParamServer(params, running)

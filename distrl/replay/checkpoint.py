@@ -8,6 +8,8 @@ offline dataset: its items (oldest first) form a single episode.
 
 Checkpoints written before items carried `meta/learner_version` still load:
 each item then counts as inserted at its own policy version (no actor lag).
+The root's `snapshot_time` (when the tables were copied; `snapshot_time()`) is newer too: older
+checkpoints have none and load the same.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from distrl.replay.table import Table, TableSnapshot
 log = logging.getLogger(__name__)
 
 FORMAT = "distrl.replay_checkpoint"
+# Unix time just before the tables were copied: an insert acked later is not in the checkpoint.
+SNAPSHOT_TIME = "snapshot_time"
 _NAME = re.compile(r"^replay-(\d+)\.zarr$")
 
 
@@ -60,6 +64,8 @@ def write_checkpoint(tables: Iterable[Table], directory: Path, keep: int = 2) ->
     tmp = directory / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    # Read before the tables are: whatever a writer had acked by then is in this checkpoint.
+    copied_at = time.time()
     snaps = [t.snapshot() for t in tables]
     root = zarr.open_group(str(tmp), mode="w")
     root.attrs.update(
@@ -67,6 +73,7 @@ def write_checkpoint(tables: Iterable[Table], directory: Path, keep: int = 2) ->
             "format": FORMAT,
             "format_version": layout.FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            SNAPSHOT_TIME: copied_at,
             "tables": [s.config.name for s in snaps],
         }
     )
@@ -93,6 +100,16 @@ def read_checkpoint(path: Path) -> dict[str, TableSnapshot]:
             f"{path}: format_version {root.attrs.get('format_version')!r}, expected {layout.FORMAT_VERSION}"
         )
     return {name: _read_table(root, name, path) for name in root.attrs["tables"]}
+
+
+def snapshot_time(path: Path) -> float | None:
+    """When a checkpoint's tables were copied (Unix time); None for checkpoints written before it
+    was recorded."""
+    try:
+        value = zarr.open_group(str(path), mode="r").attrs.get(SNAPSHOT_TIME)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable Zarr store ({exc})") from None
+    return None if value is None else float(value)
 
 
 def restore_tables(

@@ -22,13 +22,14 @@ which stamps it on the items inserted from then on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,10 +48,12 @@ from distrl.replay.stats import TableStats
 from distrl.replay.table import RateLimiterTimeout, Table, TableClosed
 from distrl.wire.codec import TensorDecodeError, decode
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
-from distrl.wire.server import RunningServer, start_server
+from distrl.wire.server import BlockingPool, CallGone, RunningServer, start_server
 
 log = logging.getLogger(__name__)
 
+# The largest batch one Sample message may carry (a learner batch is hundreds to a few thousand).
+MAX_SAMPLE_BATCH = 65536
 # How often a paced Sample call waiting for credit checks whether its caller went away.
 _CREDIT_POLL_S = 0.2
 
@@ -165,13 +168,24 @@ class ReplayShard:
 
 
 class ReplayServicer(replay_pb2_grpc.ReplayServicer):
-    """`distrl.v1.Replay` over a `ReplayShard`."""
+    """`distrl.v1.Replay` over a `ReplayShard`, as async handlers on the server's event loop.
 
-    def __init__(self, shard: ReplayShard) -> None:
+    An open stream holds no thread: table work runs in thread pools, one for
+    writers (inserts, which may wait for the rate limiter) and one for the
+    learner (samples and priority updates), so writers held back by the limiter
+    never delay the samples that release them. Info and Checkpoint use a third.
+    """
+
+    def __init__(self, shard: ReplayShard, writer_threads: int = 16, learner_threads: int = 4) -> None:
         self.shard = shard
         self._credits = _SampleCredits()
+        self._writers = BlockingPool("replay-insert", writer_threads)
+        self._learner = BlockingPool("replay-sample", learner_threads)
+        self._control = BlockingPool("replay-control", 2)
+        # Inserts waiting in the writers' pool (event loop only).
+        self._held_back = 0
 
-    def register(self, server: grpc.Server) -> None:
+    def register(self, server: grpc.aio.Server) -> None:
         # As `replay_pb2_grpc.add_ReplayServicer_to_server`, except that Sample yields its
         # SampleBatch messages already serialized (`encode_sample_batch`).
         pb = replay_pb2
@@ -196,121 +210,164 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+    def close(self) -> None:
+        for pool in (self._writers, self._learner, self._control):
+            pool.close()
 
     # -- RPCs --------------------------------------------------------------------------------------
 
-    def Insert(self, request_iterator, context):
+    async def Insert(self, request_iterator, context):
+        # Per message this is the hot path: context.read()/write() rather than `async for` +
+        # `yield` (measured ~25% less CPU per message in grpc.aio), and no coroutine calls
+        # unless a batch must wait or fail.
         active = self._active(context)
-        for request in request_iterator:
-            table = self._table(request.table, context)
-            fields = self._decode_batch(table, request, context)
+        shard = self.shard
+        while (request := await context.read()) is not grpc.aio.EOF:
+            table = shard.tables.get(request.table or DEFAULT_TABLE)
+            if table is None or shard.closing:
+                table = await self._table(request.table, context)  # aborts, naming the problem
             try:
-                result = table.insert(
-                    fields,
+                result = None
+                if not self._held_back:
+                    try:  # most inserts need no wait: stored here, without a hop to a pool thread
+                        result = self._insert(table, request, 0.0, active)
+                    except RateLimiterTimeout:
+                        pass
+                if result is None:
+                    result = await self._insert_in_turn(table, request, context, active)
+            except _Undecodable as exc:
+                self.shard.count_undecodable(table.name)
+                await _abort_rejected(context, request, exc.field, exc.message)
+            except SpecViolation as exc:
+                await _abort_rejected(context, request, exc.field, str(exc))
+            except RateLimiterTimeout as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
+            except TableClosed:
+                await self._abort_closed(context)
+                return  # the caller went away
+            await context.write(
+                replay_pb2.InsertAck(
                     actor_id=request.actor_id,
                     sequence=request.sequence,
-                    incarnation=request.incarnation,
-                    policy_version=request.policy_version,
-                    timeout=self._wait_limit(table, context),
-                    is_active=active,
+                    stored=result.stored,
+                    table_size=result.table_size,
                 )
-            except SpecViolation as exc:
-                _abort_rejected(context, request, exc.field, str(exc))
-            except RateLimiterTimeout as exc:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
-            except TableClosed:
-                self._abort_closed(context)
-                return  # the caller went away
-            yield replay_pb2.InsertAck(
-                actor_id=request.actor_id,
-                sequence=request.sequence,
-                stored=result.stored,
-                table_size=result.table_size,
             )
 
-    def Sample(self, request, context):
-        table = self._table(request.table, context)
-        self._check_sample_request(request, context)
+    async def _insert_in_turn(self, table: Table, request, context, active: Callable[[], bool]):
+        """Insert one batch that could not be stored at once: wait in the writers' pool.
+
+        While any insert waits there for the rate limiter, new ones queue behind it (first
+        come, first served: `Insert` tries no batch at once while `_held_back`) instead of
+        slipping in whenever the limiter opens.
+        """
+        self._held_back += 1
+        try:
+            limit = self._wait_limit(table, context)
+            return await self._writers.run(self._insert, table, request, limit, active)
+        finally:
+            self._held_back -= 1
+
+    @staticmethod
+    def _insert(table: Table, request: replay_pb2.TransitionBatch, limit: float, active: Callable[[], bool]):
+        """(writer pool) Decode one batch and insert it, waiting for the rate limiter up to `limit`."""
+        return table.insert(
+            _decode_batch(request),
+            actor_id=request.actor_id,
+            sequence=request.sequence,
+            incarnation=request.incarnation,
+            policy_version=request.policy_version,
+            timeout=limit,
+            is_active=active,
+        )
+
+    async def Sample(self, request, context):
+        table = await self._table(request.table, context)
+        await self._check_sample_request(request, context)
         table.note_learner_version(request.learner_version)
         if not request.credit_id:
             count = itertools.count() if request.num_batches == 0 else range(request.num_batches)
-            yield from self._sample_batches(table, request, context, count)
+            async for message in self._sample_batches(table, request, context, _counted(count)):
+                await context.write(message)
             return
         active = self._active(context)
-        credits = self._credits.open(
-            request.credit_id, request.num_batches, context, on_learner_version=table.note_learner_version
-        )
-        with credits as credit:
+        credit = self._credits.open(request.credit_id, request.num_batches, table.note_learner_version)
+        if credit is None:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"credit_id {request.credit_id!r} is in use")
+        try:
             # One batch per unit of credit, waiting for grants when out of it.
-            yield from self._sample_batches(table, request, context, iter(lambda: credit.take(active), False))
+            async for message in self._sample_batches(table, request, context, credit.units(active)):
+                await context.write(message)
+        finally:
+            self._credits.close(request.credit_id, credit)
         if self.shard.closing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
 
-    def GrantSamples(self, request_iterator, context):
-        for grant in request_iterator:
+    async def GrantSamples(self, request_iterator, context):
+        async for grant in request_iterator:
             if grant.num_batches < 0:
-                context.abort(
+                await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {grant.num_batches}"
                 )
             self._credits.grant(grant.credit_id, grant.num_batches, grant.learner_version)
         return replay_pb2.GrantSamplesResponse()
 
-    def _sample_batches(self, table: Table, request, context, credit):
-        """One encoded batch of `request.batch_size` items per item of `credit`."""
+    async def _sample_batches(self, table: Table, request, context, credit):
+        """One encoded batch of `request.batch_size` items per item of `credit` (an async iterator)."""
         active = self._active(context)
         prioritized = table.config.sampler != "uniform"
         shard = self.shard
-        for _ in credit:
+        async for _ in credit:
             if shard.closing:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
             try:
-                batch = table.sample(
-                    request.batch_size,
-                    timeout=self._wait_limit(table, context, request.rate_limiter_timeout_ms),
-                    is_active=active,
-                )
+                try:  # a batch that needs no wait is drawn here, without a hop to a pool thread
+                    message = _sample_encoded(table, request.batch_size, 0.0, active, prioritized)
+                except RateLimiterTimeout:
+                    limit = self._wait_limit(table, context, request.rate_limiter_timeout_ms)
+                    message = await self._learner.run(
+                        _sample_encoded, table, request.batch_size, limit, active, prioritized
+                    )
             except RateLimiterTimeout as exc:
-                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
             except TableClosed:
-                self._abort_closed(context)
+                await self._abort_closed(context)
                 return
-            # Uniform sampling sends no probabilities or weights: the client fills them in.
-            yield encode_sample_batch(
-                table.name,
-                batch.rows,
-                batch.layout,
-                batch.table_size,
-                probabilities=batch.probabilities if prioritized else None,
-                weights=batch.weights if prioritized else None,
-            )
+            yield message
 
     @staticmethod
-    def _check_sample_request(request: replay_pb2.SampleRequest, context: grpc.ServicerContext) -> None:
+    async def _check_sample_request(request: replay_pb2.SampleRequest, context) -> None:
         if request.batch_size <= 0:
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"batch_size must be > 0, got {request.batch_size}"
             )
+        if request.batch_size > MAX_SAMPLE_BATCH:
+            # The batch is gathered under the table's lock: a huge one would stall every writer.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch_size must be at most {MAX_SAMPLE_BATCH}, got {request.batch_size}",
+            )
         if request.num_batches < 0:
-            context.abort(
+            await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {request.num_batches}"
             )
 
-    def UpdatePriorities(self, request, context):
-        table = self._table(request.table, context)
+    async def UpdatePriorities(self, request, context):
+        table = await self._table(request.table, context)
         try:
-            keys = decode(request.keys, name="keys")
-            priorities = decode(request.priorities, name="priorities")
+            updated = await self._learner.run(_update_priorities, table, request)
         except TensorDecodeError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
-            updated = table.update_priorities(keys, priorities)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except SpecViolation as exc:
             context.set_trailing_metadata(((REJECTED_FIELD_KEY, exc.field),))
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return replay_pb2.UpdatePrioritiesResponse(updated=updated)
 
-    def Info(self, request, context):
+    async def Info(self, request, context):
+        return await self._control.run(self._info)
+
+    def _info(self) -> replay_pb2.InfoResponse:
         last = self.shard.last_checkpoint
         return replay_pb2.InfoResponse(
             tables=[encode_table_stats(self.shard.table_stats(name)) for name in self.shard.tables],
@@ -318,57 +375,41 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             uptime_s=self.shard.uptime_s,
         )
 
-    def Checkpoint(self, request, context):
+    async def Checkpoint(self, request, context):
         if self.shard.config.checkpoint_dir is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this shard has no checkpoint_dir configured")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this shard has no checkpoint_dir configured"
+            )
         try:
-            result = self.shard.checkpoint()
+            result = await self._control.run(self.shard.checkpoint)
         except OSError as exc:
-            context.abort(grpc.StatusCode.INTERNAL, f"checkpoint failed: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, f"checkpoint failed: {exc}")
         return replay_pb2.CheckpointResponse(path=str(result.path), duration_s=result.duration_s)
-
-    def _decode_batch(
-        self, table: Table, request: replay_pb2.TransitionBatch, context: grpc.ServicerContext
-    ) -> dict[str, np.ndarray] | PackedBatch:
-        try:
-            if not request.actor_id:
-                raise _Undecodable("actor_id", "field 'actor_id': required to ack and de-duplicate batches")
-            if len(request.incarnation) > MAX_INCARNATION_BYTES:
-                raise _Undecodable(
-                    "incarnation",
-                    f"field 'incarnation': {len(request.incarnation)} bytes, at most {MAX_INCARNATION_BYTES}",
-                )
-            try:
-                return decode_transition_batch(request)
-            except LayoutError as exc:
-                raise _Undecodable(exc.column, str(exc)) from None
-        except _Undecodable as exc:
-            self.shard.count_undecodable(table.name)
-            _abort_rejected(context, request, exc.field, exc.message)
-            raise  # unreachable: abort raises
 
     # -- helpers -----------------------------------------------------------------------------------
 
-    def _table(self, name: str, context: grpc.ServicerContext) -> Table:
+    async def _table(self, name: str, context) -> Table:
         if self.shard.closing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
         try:
             return self.shard.table(name)
         except KeyError as exc:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
             raise  # unreachable: abort raises
 
-    def _active(self, context: grpc.ServicerContext) -> Callable[[], bool]:
+    def _active(self, context) -> Callable[[], bool]:
+        """Whether the call is still on (read from pool threads too)."""
+        gone = CallGone(context)
         shard = self.shard
-        return lambda: context.is_active() and not shard.closing
+        return lambda: not gone.is_set() and not shard.closing
 
-    def _abort_closed(self, context: grpc.ServicerContext) -> None:
+    async def _abort_closed(self, context) -> None:
         """End a call whose wait was cut short: by shutdown (UNAVAILABLE) or by its caller leaving."""
-        if context.is_active():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
+        if not context.done():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "replay shard is shutting down")
 
     @staticmethod
-    def _wait_limit(table: Table, context: grpc.ServicerContext, requested_ms: int = 0) -> float:
+    def _wait_limit(table: Table, context, requested_ms: int = 0) -> float:
         """The smaller of the request's limit, the table's max_wait_s and the call's deadline."""
         limit = float(table.config.max_wait_s)
         if requested_ms > 0:
@@ -379,6 +420,48 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         return limit
 
 
+def _decode_batch(request: replay_pb2.TransitionBatch) -> dict[str, np.ndarray] | PackedBatch:
+    """The batch's rows or columns; _Undecodable names what is missing or malformed."""
+    if not request.actor_id:
+        raise _Undecodable("actor_id", "field 'actor_id': required to ack and de-duplicate batches")
+    if len(request.incarnation) > MAX_INCARNATION_BYTES:
+        raise _Undecodable(
+            "incarnation",
+            f"field 'incarnation': {len(request.incarnation)} bytes, at most {MAX_INCARNATION_BYTES}",
+        )
+    try:
+        return decode_transition_batch(request)
+    except LayoutError as exc:
+        raise _Undecodable(exc.column, str(exc)) from None
+
+
+def _sample_encoded(
+    table: Table, batch_size: int, limit: float, active: Callable[[], bool], prioritized: bool
+) -> bytes:
+    """(learner pool) Draw one batch and serialize it as a SampleBatch message."""
+    batch = table.sample(batch_size, timeout=limit, is_active=active)
+    # Uniform sampling sends no probabilities or weights: the client fills them in.
+    return encode_sample_batch(
+        table.name,
+        batch.rows,
+        batch.layout,
+        batch.table_size,
+        probabilities=batch.probabilities if prioritized else None,
+        weights=batch.weights if prioritized else None,
+    )
+
+
+def _update_priorities(table: Table, request: replay_pb2.UpdatePrioritiesRequest) -> int:
+    keys = decode(request.keys, name="keys")
+    priorities = decode(request.priorities, name="priorities")
+    return table.update_priorities(keys, priorities)
+
+
+async def _counted(count: Iterable[int]) -> AsyncIterator[int]:
+    for item in count:
+        yield item
+
+
 def _as_is(message: bytes) -> bytes:
     return message
 
@@ -386,62 +469,54 @@ def _as_is(message: bytes) -> bytes:
 class _SampleCredit:
     """How many more batches a paced Sample call may send; GrantSamples adds to it.
 
-    A grant's learner version goes to `on_learner_version` (the call's table).
+    Lives on the server's event loop. A grant's learner version goes to
+    `on_learner_version` (the call's table).
     """
 
     def __init__(self, granted: int, on_learner_version: Callable[[int], None]) -> None:
-        self._cond = threading.Condition(threading.Lock())
         self._left = granted
+        self._granted = asyncio.Event()
         self.on_learner_version = on_learner_version
 
     def grant(self, n: int, learner_version: int) -> None:
         self.on_learner_version(learner_version)
-        with self._cond:
-            self._left += n
-            self._cond.notify()
+        self._left += n
+        self._granted.set()
 
-    def take(self, active: Callable[[], bool]) -> bool:
-        """Use one unit, waiting for a grant when there is none; False once the call went away."""
-        with self._cond:
+    async def units(self, active: Callable[[], bool]) -> AsyncIterator[None]:
+        """One item per unit of credit, waiting for grants when there is none; ends when the call does."""
+        while True:
             while self._left <= 0:
                 if not active():
-                    return False
-                self._cond.wait(_CREDIT_POLL_S)
+                    return
+                self._granted.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._granted.wait(), _CREDIT_POLL_S)
             self._left -= 1
-            return True
+            yield
 
 
 class _SampleCredits:
-    """The credit of every open paced Sample call, by credit id."""
+    """The credit of every open paced Sample call, by credit id (event loop only)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._by_id: dict[str, _SampleCredit] = {}
 
-    @contextlib.contextmanager
     def open(
-        self,
-        credit_id: str,
-        granted: int,
-        context: grpc.ServicerContext,
-        on_learner_version: Callable[[int], None],
-    ) -> Iterator[_SampleCredit]:
-        credit = _SampleCredit(granted, on_learner_version)
-        with self._lock:
-            taken = credit_id in self._by_id
-            if not taken:
-                self._by_id[credit_id] = credit
-        if taken:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"credit_id {credit_id!r} is in use")
-        try:
-            yield credit
-        finally:
-            with self._lock:
-                self._by_id.pop(credit_id, None)
+        self, credit_id: str, granted: int, on_learner_version: Callable[[int], None]
+    ) -> _SampleCredit | None:
+        """A new credit for `credit_id`; None when an open call holds that id."""
+        if credit_id in self._by_id:
+            return None
+        credit = self._by_id[credit_id] = _SampleCredit(granted, on_learner_version)
+        return credit
+
+    def close(self, credit_id: str, credit: _SampleCredit) -> None:
+        if self._by_id.get(credit_id) is credit:
+            del self._by_id[credit_id]
 
     def grant(self, credit_id: str, n: int, learner_version: int) -> None:
-        with self._lock:
-            credit = self._by_id.get(credit_id)
+        credit = self._by_id.get(credit_id)
         if credit is not None:  # else the call has ended: nothing to pace
             credit.grant(n, learner_version)
 
@@ -453,9 +528,9 @@ class _Undecodable(Exception):
         self.message = message
 
 
-def _abort_rejected(context: grpc.ServicerContext, request, field_name: str, message: str) -> None:
+async def _abort_rejected(context, request, field_name: str, message: str) -> None:
     context.set_trailing_metadata(((REJECTED_FIELD_KEY, field_name),))
-    context.abort(
+    await context.abort(
         grpc.StatusCode.INVALID_ARGUMENT,
         f"batch {request.sequence} from actor {request.actor_id!r} rejected: {message}",
     )
@@ -466,11 +541,16 @@ class ReplayServer(RunningServer):
     """A running replay server: stopping it first tells the shard to refuse new work."""
 
     shard: ReplayShard | None = field(default=None)
+    servicer: ReplayServicer | None = field(default=None)
 
     def stop(self, grace: float | None = 2.0) -> None:
         if self.shard is not None:
             self.shard.begin_shutdown()
-        super().stop(grace)
+        try:
+            super().stop(grace)
+        finally:
+            if self.servicer is not None:
+                self.servicer.close()
 
 
 def serve_replay_shard(
@@ -479,7 +559,7 @@ def serve_replay_shard(
     port: int = 0,
     security: SecurityConfig | None = None,
     keepalive: KeepaliveConfig | None = None,
-    extra_register: list[Callable[[grpc.Server], None]] | None = None,
+    extra_register: list[Callable[[grpc.aio.Server], None]] | None = None,
 ) -> tuple[ReplayShard, ReplayServer]:
     """Build a shard from `config` and serve it; port 0 picks a free port.
 
@@ -499,8 +579,16 @@ def serve_replay_shard(
             keepalive=keepalive,
         )
     except BaseException:
+        servicer.close()
         shard.close(final_checkpoint=False)
         raise
     return shard, ReplayServer(
-        running.server, running.host, running.port, running.health, running.service_names, shard=shard
+        running.server,
+        running.host,
+        running.port,
+        running.health,
+        running.service_names,
+        running.loop,
+        shard=shard,
+        servicer=servicer,
     )

@@ -31,6 +31,7 @@ from distrl.replay.connections import (
     ShardConnection,
     status_of,
 )
+from distrl.replay.ledger import AckLedger
 from distrl.replay.messages import pack_transition_batch
 from distrl.replay.protocol import REJECTED_FIELD_KEY, SERVICE_NAME
 from distrl.wire.codec import CompressionName
@@ -204,6 +205,8 @@ class ReplayWriter:
         self._probing = False
         self._home_ready = False
         self._stats = WriterStats(home_shard=self.home)
+        # Opt-in (DISTRL_ACK_LEDGER_DIR): a line per batch sent and acked, to count losses after a crash.
+        self._ledger = AckLedger.from_env(actor_id, self.incarnation)
 
     @property
     def next_sequence(self) -> int:
@@ -256,6 +259,8 @@ class ReplayWriter:
             request.sequence = sequence = self._next_sequence
             self._next_sequence += 1
             self._unacked.append(request)
+            if self._ledger is not None:
+                self._ledger.sent(sequence, len(next(iter(fields.values()))))
             self._stats.batches_sent += 1
             self._stats.bytes_sent += request.ByteSize()
             if self._stream is not None:
@@ -291,6 +296,8 @@ class ReplayWriter:
                 stream.half_close()
                 stream.join(1.0)
                 stream.call.cancel()
+            if self._ledger is not None:
+                self._ledger.close()
             if self._on_close is not None:
                 self._on_close(self)
 
@@ -330,6 +337,8 @@ class ReplayWriter:
             unacked = self._unacked
             while unacked and unacked[0].sequence <= ack.sequence:
                 unacked.popleft()
+            if self._ledger is not None:
+                self._ledger.acked(stream.shard.index, ack.sequence, ack.stored)
             if ack.stored:
                 self._stats.stored += 1
             else:

@@ -15,6 +15,7 @@ replay), and `distrl train --resume RUN_DIR` continues from there.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -41,6 +42,8 @@ MAX_BACKOFF_S = 60.0
 EARLY_EXIT_S = 60.0
 SAME_EARLY_EXITS = 3
 LOG_TAIL_LINES = 15
+# RUN_DIR/pids.json: the launcher's pid and each child's, rewritten whenever a child (re)starts.
+PIDS_FILE = "pids.json"
 
 
 def _token_env(config: ExperimentConfig) -> dict[str, str]:
@@ -162,6 +165,7 @@ class LocalLauncher:
                 for child in self.children.values():
                     if child.proc is None:
                         child.start()
+                self._write_pids()
                 coord.start_display()
                 self._supervise(coord.coordinator)
             finally:
@@ -207,6 +211,7 @@ class LocalLauncher:
                     child.restarts += 1
                     child.next_restart_at = None
                     child.start()
+                    self._write_pids()
                     coordinator.note(f"{child.name} restarted ({child.restarts})")
 
     def _poll_scale_request(self, coordinator: Coordinator) -> None:
@@ -222,9 +227,23 @@ class LocalLauncher:
             child = self.children.pop(name)
             child.terminate()  # it flushes what it holds and exits; waited for at shutdown
             self._retired.append(child)
+        self._write_pids()
         self.config = scaling.record_actor_count(self.run_dir, self.config, count)
         log.warning("scaled actors %d -> %d", len(actors), count)
         coordinator.note(f"scaled actors {len(actors)} -> {count}")
+
+    def _write_pids(self) -> None:
+        """Where each process of the run is, for whoever must signal one (an operator, a chaos run):
+        `{"launcher": pid, "children": {name: {"pid", "address"}}}`, replaced atomically."""
+        children = {
+            name: {"pid": child.proc.pid, "address": child.address}
+            for name, child in self.children.items()
+            if child.proc is not None
+        }
+        path = self.run_dir / PIDS_FILE
+        tmp = path.with_name(f".{PIDS_FILE}.tmp")
+        tmp.write_text(json.dumps({"launcher": os.getpid(), "children": children}, indent=1))
+        os.replace(tmp, path)
 
     def _shutdown(self) -> None:
         order = [

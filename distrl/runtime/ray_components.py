@@ -107,7 +107,12 @@ class _Component:
 
 
 def _free(host: str, port: int) -> bool:
+    """Whether nothing listens on `port`. The connections of a killed server linger in TIME_WAIT on it
+    for a minute; like gRPC's own bind, the probe ignores them (SO_REUSEADDR), so a restarted server
+    gets its port back. A listener still refuses it (the probe does not ask for SO_REUSEPORT, which
+    would let it share a gRPC server's port)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

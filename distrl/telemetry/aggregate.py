@@ -123,6 +123,11 @@ class RunCounter:
             state = self.sources[source] = SourceCount(restored=self.restored)
         state.observe(value)
 
+    def latest(self, source: str) -> int:
+        """The count `source` last reported (0 before its first report)."""
+        state = self.sources.get(source)
+        return state.current if state is not None else 0
+
     def source_state(self) -> dict[str, tuple[int, int]]:
         return {name: (s.previous, s.current) for name, s in self.sources.items()}
 
@@ -298,6 +303,23 @@ class _Window:
     batches: int = 0
 
 
+# Reported values are clamped to this magnitude, so sums over a window or over sources stay finite.
+MAX_METRIC_ABS = 1e250
+# The fastest a source's env-step or update count may grow (per second since its previous
+# report, at least one second's worth): a count past it is a reporter's bug or lie, which
+# would otherwise end the run by "reaching" total_env_steps.
+MAX_COUNT_RATE_PER_S = 10_000_000
+MAX_SOURCES = 4096
+
+
+class ReportRefused(ValueError):
+    """A batch the aggregate will not take: `exhausted` for a limit reached, else a bad batch."""
+
+    def __init__(self, message: str, exhausted: bool = False) -> None:
+        super().__init__(message)
+        self.exhausted = exhausted
+
+
 class RunAggregate:
     """Counters, the open window and the last known values of one run."""
 
@@ -345,7 +367,26 @@ class RunAggregate:
         metrics: Iterable[tuple[str, float]],
         now: float,
     ) -> int:
-        """Take one batch; returns how many metric values were kept (non-finite ones are not)."""
+        """Take one batch; returns how many metric values were kept (non-finite ones are not).
+
+        Raises ReportRefused (nothing of the batch taken) for a new source past MAX_SOURCES or
+        a count growing faster than MAX_COUNT_RATE_PER_S.
+        """
+        previous = self._last_seen.get(source)
+        if previous is None and len(self._last_seen) >= MAX_SOURCES:
+            raise ReportRefused(
+                f"{source}: this run already has {MAX_SOURCES} telemetry sources", exhausted=True
+            )
+        allowed = MAX_COUNT_RATE_PER_S * max(1.0, now - previous if previous is not None else 1.0)
+        for what, counter, value in (
+            ("env_steps", self.env_steps, env_steps),
+            ("updates", self.updates, updates),
+        ):
+            if value is not None and value - counter.latest(source) > allowed:
+                raise ReportRefused(
+                    f"{source}: {what} {value} grew by more than {MAX_COUNT_RATE_PER_S:,}/s "
+                    "since its last report"
+                )
         self._last_seen[source] = now
         if env_steps is not None:
             self.env_steps.observe(source, env_steps)
@@ -356,6 +397,7 @@ class RunAggregate:
         for name, value in metrics:
             if not name or not math.isfinite(value):
                 continue
+            value = min(max(value, -MAX_METRIC_ABS), MAX_METRIC_ABS)
             key = qualified_name(source, name)
             if key not in self._known_names:
                 if len(self._known_names) >= self.max_metric_names:

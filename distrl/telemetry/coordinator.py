@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from distrl.config import TelemetryConfig
 from distrl.proto.v1 import telemetry_pb2, telemetry_pb2_grpc
-from distrl.telemetry.aggregate import MetricsRow, Progress, RunAggregate, TelemetrySnapshot
+from distrl.telemetry.aggregate import MetricsRow, Progress, ReportRefused, RunAggregate, TelemetrySnapshot
 from distrl.telemetry.console import ConsoleProgress
 from distrl.telemetry.sinks import METRICS_FILE, JsonlSink, MetricsSink, PrometheusSink, WandbSink
 from distrl.telemetry.sources import SourceLatest
@@ -45,6 +45,7 @@ PROGRESS_FILE = "progress.json"
 EVENTS_FILE = "events.jsonl"
 MAX_SOURCE_CHARS = 256
 MAX_METRICS_PER_BATCH = 100_000
+MAX_METRIC_NAME_CHARS = 256
 MAX_NOTES = 20
 
 
@@ -81,6 +82,12 @@ def _batch_problem(batch: telemetry_pb2.MetricBatch) -> str | None:
         return f"{batch.source}: negative counts (env_steps={batch.env_steps}, updates={batch.updates})"
     if len(batch.metrics) > MAX_METRICS_PER_BATCH:
         return f"{batch.source}: {len(batch.metrics)} metrics in one batch (at most {MAX_METRICS_PER_BATCH})"
+    for metric in batch.metrics:
+        if len(metric.name) > MAX_METRIC_NAME_CHARS:
+            return (
+                f"{batch.source}: metric name {metric.name[:40]!r}... is longer than "
+                f"{MAX_METRIC_NAME_CHARS} characters"
+            )
     return None
 
 
@@ -90,18 +97,26 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
-    def Report(self, request_iterator, context):
+    async def Report(self, request_iterator, context):
+        # On the server's event loop: ingesting a batch is brief (a lock held for one aggregate
+        # update), so an open Report stream costs no thread between batches.
         accepted = 0
-        for batch in request_iterator:
+        async for batch in request_iterator:
             problem = _batch_problem(batch)
             if problem is not None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            accepted += self._coordinator.ingest(
-                batch.source,
-                [(m.name, m.value) for m in batch.metrics],
-                env_steps=batch.env_steps,
-                updates=batch.updates,
-            )
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            try:
+                accepted += self._coordinator.ingest(
+                    batch.source,
+                    [(m.name, m.value) for m in batch.metrics],
+                    env_steps=batch.env_steps,
+                    updates=batch.updates,
+                )
+            except ReportRefused as exc:
+                code = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED if exc.exhausted else grpc.StatusCode.INVALID_ARGUMENT
+                )
+                await context.abort(code, str(exc))
         return telemetry_pb2.ReportResponse(accepted=accepted)
 
 

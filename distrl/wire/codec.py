@@ -45,6 +45,12 @@ _COMPRESSION = {
 # Compressing tiny payloads costs more than it saves.
 _MIN_COMPRESS_BYTES = 512
 
+# The most a compressed tensor may decompress to. An uncompressed one is bounded by the message
+# that carried it; a compressed one could claim any shape (a few KiB of zstd zeros "are" 1 GiB),
+# so its size is checked against this before anything is allocated.
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+_LZ4_SIZE_HEADER = 4
+
 _zstd_c = zstandard.ZstdCompressor(level=1)
 _zstd_d = zstandard.ZstdDecompressor()
 
@@ -87,10 +93,15 @@ def encode(array: np.ndarray, compression: CompressionName = "none") -> tensor_p
     return tensor_pb2.Tensor(dtype=tag, shape=arr.shape, data=raw, compression=kind)
 
 
-def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
+def decode(
+    tensor: tensor_pb2.Tensor, name: str = "tensor", max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> np.ndarray:
     """Decode a Tensor message into a numpy array (read-only view when uncompressed).
 
-    Raises TensorDecodeError naming `name` when the message is malformed.
+    A compressed tensor is decompressed only if dtype x shape is at most
+    `max_decompressed_bytes` and (lz4) its size header says the same: the sender's
+    claims are checked before anything is allocated. Raises TensorDecodeError naming
+    `name` when the message is malformed.
     """
     dtype = dtype_from_proto(tensor.dtype)
     shape = tuple(int(s) for s in tensor.shape)
@@ -98,8 +109,20 @@ def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
         raise TensorDecodeError(f"{name}: negative dimension in shape {shape}")
     expected = dtype.itemsize * math.prod(shape)
     data = tensor.data
+    compressed = tensor.compression != tensor_pb2.COMPRESSION_NONE
+    if compressed and expected > max_decompressed_bytes:
+        raise TensorDecodeError(
+            f"{name}: a compressed tensor of dtype {dtype.newbyteorder('=')} x shape {shape} would be "
+            f"{expected} bytes, more than the {max_decompressed_bytes} allowed"
+        )
     try:
         if tensor.compression == tensor_pb2.COMPRESSION_LZ4:
+            claimed = int.from_bytes(data[:_LZ4_SIZE_HEADER], "little") if len(data) >= 4 else -1
+            if claimed != expected:
+                raise TensorDecodeError(
+                    f"{name}: lz4 payload says it holds {claimed} bytes, "
+                    f"dtype x shape {shape} needs {expected}"
+                )
             data = lz4.block.decompress(data)
         elif tensor.compression == tensor_pb2.COMPRESSION_ZSTD:
             data = _zstd_d.decompress(data, max_output_size=expected)
@@ -114,7 +137,10 @@ def decode(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
             f"{name}: {len(data)} bytes do not match dtype {dtype.newbyteorder('=')} x shape {shape} "
             f"({expected} bytes)"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # a shape numpy cannot build (too many dimensions, sizes overflowing)
+        raise TensorDecodeError(f"{name}: shape {shape}: {exc}") from None
 
 
 def encode_fields(arrays: dict[str, np.ndarray], compression: CompressionName = "none") -> dict:

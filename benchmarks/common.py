@@ -158,6 +158,22 @@ def start_train(
     return run
 
 
+def start_serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`distrl serve ARGS --port 0` in a subprocess (stderr dropped); returns it and its address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distrl.cli", "serve", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"distrl serve {' '.join(args)} did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of RUN_DIR/metrics.jsonl."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]

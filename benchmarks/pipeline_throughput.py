@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Result, parser, print_table, write_json
+from common import Result, parser, print_table, start_serve, write_json
 
 from distrl.algos import SpaceSpec, make_algorithm, make_policy
 from distrl.envs import EnvConfig, env_spec, make_env
@@ -64,25 +64,10 @@ def plain_loop(env_id: str, policy_kind: str, seconds: float, seed: int = 0) -> 
             return steps / elapsed
 
 
-def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distrl.cli", "serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise RuntimeError(f"server {args} did not start: {line!r}")
-    return proc, line.removeprefix("listening on ")
-
-
 def system_rate(env_id: str, policy_kind: str, actors: int, seconds: float, workdir: Path) -> float:
     """Transitions/s arriving in one replay shard from `actors` actor processes."""
-    shard, replay_addr = start_server(["replay", "--capacity", "2000000"])
-    params, params_addr = start_server(["params"])
+    shard, replay_addr = start_serve(["replay", "--capacity", "2000000"], ENV)
+    params, params_addr = start_serve(["params"], ENV)
     procs: list[subprocess.Popen] = []
     client = ReplayClient([replay_addr])
     try:

@@ -48,7 +48,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import Result, parser, print_table, read_metrics, start_train, write_json  # noqa: E402
+from common import Result, parser, print_table, read_metrics, start_serve, start_train, write_json  # noqa: E402
 
 OBS, ACT = 17, 6
 INSERT_WINDOW = 8
@@ -69,20 +69,6 @@ def transitions(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 # -- servers ------------------------------------------------------------------------------------------
-
-
-def start_component(args: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distrl.cli", "serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"distrl serve {args[0]} did not start: {line!r}")
-    return proc, line.removeprefix("listening on ")
 
 
 def shard_args(capacity: int, samples_per_insert: float) -> list[str]:
@@ -406,11 +392,11 @@ def main() -> None:
         shard_procs = []
         shards = []
         for _ in range(2):
-            proc, address = start_component(shard_args(args.capacity, args.samples_per_insert))
+            proc, address = start_serve(shard_args(args.capacity, args.samples_per_insert))
             procs.append(proc)
             shard_procs.append(proc)
             shards.append(address)
-        proc, params = start_component(["params", "--max-subscribers", str(max(args.subscribers, 1) + 8)])
+        proc, params = start_serve(["params", "--max-subscribers", str(max(args.subscribers, 1) + 8)])
         procs.append(proc)
 
         print(f"prefilling {len(shards)} shards to {args.capacity} items each", flush=True)

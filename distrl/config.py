@@ -270,6 +270,28 @@ class ExperimentConfig(_Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def redacted_dump(self) -> dict[str, Any]:
+        """The config as a JSON-able dict fit to write down or send to W&B: no inline token."""
+        out = self.model_dump(mode="json")
+        out["network"]["security"] = self.network.security.redacted()
+        return out
+
+    def with_token_file(self, token_file: Path) -> ExperimentConfig:
+        """This config with its inline token replaced by `token_file` (which must hold it)."""
+        security = self.network.security.model_copy(update={"token": None, "token_file": Path(token_file)})
+        network = self.network.model_copy(update={"security": security})
+        return self.model_copy(update={"network": network})
+
+
+def redact_overrides(words: list[str]) -> list[str]:
+    """Command-line words with the value of any `...token=VALUE` override replaced by `<redacted>`."""
+    out = []
+    for word in words:
+        key, sep, _ = word.partition("=")
+        secret = sep and (key == "token" or key.endswith(".token"))
+        out.append(f"{key}=<redacted>" if secret else word)
+    return out
+
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set `a.b.c=value` entries in a nested dict (values parsed as YAML)."""

@@ -10,6 +10,7 @@ local process with its manifest's argv, env and mounts, addresses by name mapped
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -117,8 +118,8 @@ def test_committed_base_equals_a_fresh_render(tmp_path: Path):
     out = distrl("k8s", "render", HALFCHEETAH, "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert f"kubectl apply -k {tmp_path}" in out.stdout
-    fresh = {p.name for p in tmp_path.iterdir()} - {k8s.TOKEN_FILE}
-    committed = {p.name for p in BASE.iterdir()} - {k8s.TOKEN_FILE}
+    fresh = {p.name for p in tmp_path.iterdir()} - set(k8s.SECRET_SOURCE_FILES)
+    committed = {p.name for p in BASE.iterdir()} - set(k8s.SECRET_SOURCE_FILES)
     assert fresh == committed
     for name in sorted(fresh):
         assert (BASE / name).read_text() == (tmp_path / name).read_text(), (
@@ -228,17 +229,22 @@ def test_actor_pods_get_their_name_and_uid_from_the_downward_api(smoke_objects):
 
 
 def test_secrets_stay_out_of_the_manifests(tmp_path: Path):
-    config_file = tmp_path / "exp.yaml"
-    raw = yaml.safe_load(SMOKE.read_text())
-    raw["network"] = {"security": {"token": "s3cret-token-value"}}
-    config_file.write_text(yaml.safe_dump(raw))
+    """The config's token (the admin token) goes to a file only its owner reads, never into the
+    YAML, not even the header's command line."""
     out = tmp_path / "out"
-    result = distrl("k8s", "render", str(config_file), "--out", str(out))
+    result = distrl(
+        "k8s", "render", str(SMOKE), "network.security.token=s3cret-token-value", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     for path in out.glob("*.yaml"):
         assert "s3cret-token-value" not in path.read_text(), path.name
-    assert (out / "token").read_text().strip() == "s3cret-token-value"
-    assert "/token" in (out / ".gitignore").read_text().split()
+    assert "network.security.token=<redacted>" in (out / "replay.yaml").read_text()
+    assert (out / "token-admin").read_text().strip() == "s3cret-token-value"
+    ignored = (out / ".gitignore").read_text().split()
+    for name in (*k8s.ROLE_TOKEN_FILES.values(), "tls.key"):
+        assert f"/{name}" in ignored
+        if (out / name).exists():
+            assert (out / name).stat().st_mode & 0o777 == 0o600, name
     config = yaml.safe_load(
         yaml.safe_load_all((out / "configmap.yaml").read_text()).__next__()["data"]["config.yaml"]
     )
@@ -246,17 +252,94 @@ def test_secrets_stay_out_of_the_manifests(tmp_path: Path):
     assert "token" not in config["network"]["security"]
 
 
-def test_render_keeps_a_generated_token_and_removes_stale_files(tmp_path: Path):
+def test_render_keeps_the_generated_tokens_and_removes_stale_files(tmp_path: Path):
     cfg = load_config(SMOKE)
     k8s.write_manifests(cfg, tmp_path)
-    token = (tmp_path / "token").read_text()
-    assert re.fullmatch(r"[0-9a-f]{64}\n", token)
-    assert (tmp_path / "token").stat().st_mode & 0o077 == 0
+    tokens = {role: (tmp_path / name).read_text() for role, name in k8s.ROLE_TOKEN_FILES.items()}
+    assert all(re.fullmatch(r"[0-9a-f]{64}\n", t) for t in tokens.values())
+    assert len(set(tokens.values())) == len(tokens)  # one token per role
+    for role, token in tokens.items():
+        digest = (tmp_path / k8s.DIGEST_FILES[role]).read_text().strip()
+        assert digest == hashlib.sha256(token.strip().encode()).hexdigest()
+    # A token file left readable by others (a copy, an older render) is made private again.
+    (tmp_path / "token-actor").chmod(0o644)
     assert (tmp_path / "evaluator.yaml").exists()
     k8s.write_manifests(load_config(SMOKE, ["eval.enabled=false"]), tmp_path)
-    assert (tmp_path / "token").read_text() == token
+    assert {r: (tmp_path / n).read_text() for r, n in k8s.ROLE_TOKEN_FILES.items()} == tokens
+    assert (tmp_path / "token-actor").stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "evaluator.yaml").exists()
     assert "evaluator.yaml" not in (tmp_path / "kustomization.yaml").read_text()
+
+
+def _secret_items(workload: dict) -> dict[str, dict[str, str]]:
+    """Each secret volume of a workload's pods: Secret name -> {key: path}."""
+    volumes = workload["spec"]["template"]["spec"]["volumes"]
+    return {
+        v["secret"]["secretName"]: {i["key"]: i["path"] for i in v["secret"]["items"]}
+        for v in volumes
+        if "secret" in v
+    }
+
+
+def test_each_pod_holds_only_its_own_role_s_token_and_servers_only_digests(smoke_objects):
+    roles = {"actors": "actor", "evaluator": "actor", "learner": "learner"}
+    servers = ("replay", "params", "coordinator")
+    for workload in workloads(smoke_objects):
+        name = workload["metadata"]["name"]
+        items = _secret_items(workload)
+        ours = items[k8s.SECRET_NAME]
+        tokens = [key for key in ours if key.startswith("token-")]
+        assert tokens == [f"token-{roles.get(name, 'reader')}"], name
+        assert ours[tokens[0]] == k8s.TOKEN_FILE
+        args = container_of(workload)["args"]
+        tls = items[k8s.DEFAULT_TLS_SECRET]  # TLS is on by default
+        assert "ca.crt" in tls, name
+        if name in servers:
+            assert {k for k in ours if k.endswith(".sha256")} == set(k8s.DIGEST_FILES.values())
+            assert args[args.index("--role-tokens-dir") + 1] == k8s.ROLES_DIR
+            assert args[args.index("--tls-key") + 1] == f"{k8s.TLS_MOUNT}/tls.key"
+            assert "tls.key" in tls
+        else:
+            assert not any(k.endswith(".sha256") for k in ours), name
+            assert "tls.key" not in tls, name  # only servers get the private key
+        assert "DISTRL_TOKEN" not in env_of(container_of(workload))
+    config = yaml.safe_load(find(smoke_objects, "ConfigMap", "distrl-config")["data"]["config.yaml"])
+    assert config["network"]["security"] == {
+        "token_file": f"{k8s.SECRETS_MOUNT}/token",
+        "tls_ca": f"{k8s.TLS_MOUNT}/ca.crt",
+    }
+
+
+def test_insecure_render_has_no_tls_and_cert_manager_renders_a_certificate(tmp_path: Path):
+    out = distrl("k8s", "render", str(SMOKE), "--insecure", "--out", str(tmp_path / "plain"))
+    assert out.returncode == 0 and "--insecure" in out.stderr
+    objects = load_base(tmp_path / "plain")
+    validate_all(objects)
+    replay = find(objects, "StatefulSet", "replay")
+    assert (
+        "--tls-cert" not in container_of(replay)["args"] and "grpc" in container_of(replay)["readinessProbe"]
+    )
+    assert set(_secret_items(replay)) == {k8s.SECRET_NAME}
+    out = distrl(
+        "k8s", "render", str(SMOKE), "--cert-manager-issuer", "lab-ca", "--cluster-issuer", "--out",
+        str(tmp_path / "cm"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (certificate,) = yaml.safe_load_all((tmp_path / "cm" / "tls.yaml").read_text())
+    assert (
+        certificate["kind"] == "Certificate" and certificate["spec"]["secretName"] == k8s.DEFAULT_TLS_SECRET
+    )
+    assert certificate["spec"]["issuerRef"] == {
+        "name": "lab-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
+    assert set(certificate["spec"]["dnsNames"]) >= {"replay", "*.replay", "params", "coordinator"}
+    assert "tls.yaml" in yaml.safe_load((tmp_path / "cm" / "kustomization.yaml").read_text())["resources"]
+    out = distrl(
+        "k8s", "render", str(SMOKE), "--insecure", "--cert-manager-issuer", "x", "--out", str(tmp_path / "x")
+    )
+    assert out.returncode == 2 and "not both" in out.stderr
 
 
 def test_tls_material_goes_into_the_secret(tmp_path: Path):
@@ -276,10 +359,12 @@ def test_tls_material_goes_into_the_secret(tmp_path: Path):
     k8s.write_manifests(cfg, out)
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     files = kustomization["secretGenerator"][0]["files"]
-    assert sorted(files) == ["ca.crt", "tls.crt", "tls.key", "token"]
+    expected = [*k8s.ROLE_TOKEN_FILES.values(), *k8s.DIGEST_FILES.values(), "tls.crt", "tls.key", "ca.crt"]
+    assert sorted(files) == sorted(expected)
     for name in files:
         assert (out / name).is_file()
     assert (out / "tls.key").read_bytes() == tls.server_key.read_bytes()
+    assert (out / "tls.key").stat().st_mode & 0o777 == 0o600
     objects = load_base(out)
     validate_all(objects)
     replay = container_of(find(objects, "StatefulSet", "replay"))
@@ -287,9 +372,11 @@ def test_tls_material_goes_into_the_secret(tmp_path: Path):
     assert args[args.index("--tls-cert") + 1] == f"{k8s.SECRETS_MOUNT}/tls.crt"
     # kubelet's gRPC probe cannot speak TLS: the port is probed instead.
     assert "tcpSocket" in replay["readinessProbe"] and "grpc" not in replay["readinessProbe"]
+    assert "tls.key" not in _secret_items(find(objects, "Deployment", "actors"))[k8s.SECRET_NAME]
     config = yaml.safe_load(find(objects, "ConfigMap", "distrl-config")["data"]["config.yaml"])
     assert config["network"]["security"]["tls_ca"] == f"{k8s.SECRETS_MOUNT}/ca.crt"
     assert config["network"]["security"]["tls_server_name"] == "distrl"
+    assert "tls_key" not in config["network"]["security"]  # clients need no key without mutual TLS
 
 
 def test_render_rejects_a_bad_config(tmp_path: Path):
@@ -484,15 +571,17 @@ def test_kubectl_kustomize_agrees(overlay, tmp_path: Path):
     """The overlays as `kubectl kustomize` builds them are what `build_overlay` (every other overlay
     test here) builds: the only check of this file's patch applier against the real one."""
     kubectl_path = kubectl()
-    shutil.copytree(ROOT / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("token"))
-    (tmp_path / "k8s" / "base" / "token").write_text("test-token\n")
+    shutil.copytree(ROOT / "k8s", tmp_path / "k8s", ignore=shutil.ignore_patterns("token*", "*.sha256"))
+    k8s.write_manifests(load_config(ROOT / HALFCHEETAH), tmp_path / "scratch")
+    for name in (*k8s.ROLE_TOKEN_FILES.values(), *k8s.DIGEST_FILES.values()):
+        shutil.copy(tmp_path / "scratch" / name, tmp_path / "k8s" / "base" / name)
     target = tmp_path / "k8s" / ("base" if overlay is None else f"overlays/{overlay}")
     out = subprocess.run([kubectl_path, "kustomize", str(target)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     built = [o for o in yaml.safe_load_all(out.stdout) if o]
     secret = next(o for o in built if o["kind"] == "Secret")
     assert secret["metadata"]["name"].startswith(k8s.SECRET_NAME + "-")
-    assert set(secret["data"]) == {"token"}
+    assert set(secret["data"]) == {*k8s.ROLE_TOKEN_FILES.values(), *k8s.DIGEST_FILES.values()}
     ours = build_overlay(overlay) if overlay else load_base(BASE)
     assert sorted(_strip_secret_hash(built), key=_key) == sorted(ours, key=_key)
     validate_all(built)

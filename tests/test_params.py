@@ -760,3 +760,43 @@ def test_updates_metadata_that_is_not_a_number_falls_back_to_the_version():
     for junk in ("x", "-3", "1e9", "9" * 40, ""):
         assert updates_of({"updates": junk}, 7) == 7
     assert updates_of({}, 7) == 7
+
+
+def _stalled_publish(stub, first: params_pb2.ParamChunk, release: threading.Event):
+    """A Publish that sends its first chunk, then nothing until `release` is set."""
+
+    def chunks():
+        yield first
+        release.wait(30)
+
+    return stub.Publish.future(chunks(), timeout=30)
+
+
+def test_a_stalled_publish_is_ended_and_the_publishers_limit_holds():
+    running = start_params_server(publish_idle_s=1.0, max_publishers=2)
+    release = threading.Event()
+    channel, stub = raw_stub(running.address)
+    try:
+        with ParamsClient(running.address, timeout_s=TIMEOUT_S) as client:
+            assert client.publish({"w": np.zeros(64, dtype=np.float32)}) == 1
+            first = _chunks(0, w=np.ones(64, dtype=np.float32))[0]
+            stalled = [_stalled_publish(stub, first, release) for _ in range(2)]
+            wait_until(lambda: running.params._publishers == 2, what="two publishes in progress")
+            # A third publisher is refused while two hold their slots ...
+            with pytest.raises(grpc.RpcError) as err:
+                client.publish({"w": np.zeros(64, dtype=np.float32)})
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-publishers" in err.value.details()
+            # ... until the idle timeout ends the stalled ones, dropping their partial versions.
+            for call in stalled:
+                with pytest.raises(grpc.RpcError) as err:
+                    call.result(timeout=10)
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "publish stalled: no chunk for 1s" in err.value.details()
+            assert client.info().version == 1
+            assert client.publish({"w": np.full(64, 2.0, dtype=np.float32)}) == 2
+            assert client.fetch().tensors["w"][0] == 2.0
+    finally:
+        release.set()
+        channel.close()
+        running.stop(0)

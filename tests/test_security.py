@@ -172,3 +172,24 @@ def test_a_whole_training_run_over_tls_with_a_token_refuses_strangers(tls, tmp_p
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
+
+
+@pytest.mark.slow
+def test_a_token_given_as_an_override_is_written_nowhere_in_the_run_dir(tmp_path):
+    """The token reaches every component (the run trains), yet no file of the run holds it: not
+    config.yaml, the learner's checkpoints, metrics, logs or the W&B run's config; the secrets
+    file that carries it to the components is the owner's alone."""
+    run_dir, token = tmp_path / "run", "inline-override-token-4242"
+    proc = start_train(
+        "configs/sac_smoke.yaml", run_dir, "train.total_env_steps=1500", "learner.checkpoint_every=20",
+        f"network.security.token={token}", "telemetry.wandb.enabled=true", "telemetry.wandb.mode=offline",
+    )  # fmt: skip
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert list((run_dir / "checkpoints").glob("learner-*.pt")), "no learner checkpoint to check"
+    (wandb_run,) = run_dir.rglob("wandb/offline-run-*/run-*.wandb")  # W&B's record of the run
+    holders = [p for p in run_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert holders == [run_dir / "secrets" / "token"]
+    assert (run_dir / "secrets" / "token").stat().st_mode & 0o777 == 0o600
+    assert (run_dir / "secrets").stat().st_mode & 0o777 == 0o700
+    assert b"<redacted>" in wandb_run.read_bytes()  # its config and its command line

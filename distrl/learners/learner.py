@@ -94,7 +94,7 @@ class Learner:
             "version": self.version,
             "set_versions": dict(self.set_versions),
             "rng": ckpt.rng_state(),
-            "config": self.config.model_dump(mode="json"),
+            "config": self.config.redacted_dump(),
             "algo_name": self.config.algo.name,
             "space": [self.space.obs_dim, self.space.action_dim],
             "signals": list(self.space.signals),

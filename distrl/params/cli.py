@@ -18,6 +18,7 @@ from distrl.wire.cli_options import (
     KeepaliveOpt,
     KeepaliveTimeoutOpt,
     PortOpt,
+    RoleTokensDirOpt,
     TlsCaOpt,
     TlsCertOpt,
     TlsClientCaOpt,
@@ -39,6 +40,7 @@ def serve_params(
     port: PortOpt = _DEFAULT_PORT,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
+    role_tokens_dir: RoleTokensDirOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_client_ca: TlsClientCaOpt = None,
@@ -53,12 +55,20 @@ def serve_params(
     max_sets: Annotated[
         int, typer.Option("--max-sets", min=1, help="distinct parameter sets the server holds at most")
     ] = 16,
+    max_publishers: Annotated[
+        int, typer.Option("--max-publishers", min=1, help="publishes in progress at once, at most")
+    ] = 8,
+    publish_idle_s: Annotated[
+        float, typer.Option("--publish-idle-s", min=0.001, help="end a publish that sends nothing this long")
+    ] = 30.0,
 ) -> None:
     """Serve named parameter sets (policy weights, ...): learners publish versions, actors subscribe."""
     from distrl.params.server import start_params_server
     from distrl.wire.lifecycle import serve_until_signalled
 
-    security = security_from_options(token, token_file, tls_cert, tls_key, tls_client_ca)
+    security = security_from_options(
+        token, token_file, tls_cert, tls_key, tls_client_ca, role_tokens_dir=role_tokens_dir
+    )
     keepalive = keepalive_from_options(keepalive_s, keepalive_timeout_s)
     try:
         server = start_params_server(
@@ -69,6 +79,8 @@ def serve_params(
             max_subscribers=max_subscribers,
             max_version_bytes=int(max_version_mib * 1024 * 1024),
             max_sets=max_sets,
+            max_publishers=max_publishers,
+            publish_idle_s=publish_idle_s,
         )
     except (OSError, RuntimeError) as exc:
         typer.echo(f"error: cannot start the parameter server on {host}:{port}: {exc}", err=True)

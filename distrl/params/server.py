@@ -64,6 +64,10 @@ DEFAULT_PORT = 50052
 # A subscriber costs a coroutine and a gRPC call, not a thread: room for every actor of a big run.
 DEFAULT_MAX_SUBSCRIBERS = 1024
 DEFAULT_MAX_SETS = 16
+# A publish that sends no chunk for this long is ended and its partial version dropped; at most
+# this many publishes run at once (a learner publishes one version per set at a time).
+DEFAULT_PUBLISH_IDLE_S = 30.0
+DEFAULT_MAX_PUBLISHERS = 8
 # Calls the gRPC server takes besides the subscriber streams (publishers, fetches, info, health),
 # so a full house of subscribers never gets the others refused by the server's call limit.
 _OTHER_CALLS = 256
@@ -144,7 +148,13 @@ class ParamServer:
         max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
         max_version_bytes: int = DEFAULT_MAX_VERSION_BYTES,
         max_sets: int = DEFAULT_MAX_SETS,
+        publish_idle_s: float = DEFAULT_PUBLISH_IDLE_S,
+        max_publishers: int = DEFAULT_MAX_PUBLISHERS,
     ) -> None:
+        if publish_idle_s <= 0:
+            raise ValueError(f"publish_idle_s must be > 0, got {publish_idle_s}")
+        if max_publishers < 1:
+            raise ValueError(f"max_publishers must be >= 1, got {max_publishers}")
         if max_subscribers < 1:
             raise ValueError(f"max_subscribers must be >= 1, got {max_subscribers}")
         if max_version_bytes < 1:
@@ -154,6 +164,9 @@ class ParamServer:
         self.max_subscribers = max_subscribers
         self.max_version_bytes = max_version_bytes
         self.max_sets = max_sets
+        self.publish_idle_s = publish_idle_s
+        self.max_publishers = max_publishers
+        self._publishers = 0  # touched on the loop only
         # Guards the state below; held briefly and never across an await (other threads read it).
         self._lock = threading.Lock()
         # Sets that are published or waited on; a set is held once it has a current version.
@@ -238,25 +251,47 @@ class ParamServer:
     async def Publish(
         self, request_iterator: AsyncIterator[params_pb2.ParamChunk], context: grpc.aio.ServicerContext
     ) -> params_pb2.PublishResponse:
-        assembler = VersionAssembler(max_version_bytes=self.max_version_bytes)
-        refusal: tuple[grpc.StatusCode, str] | None = None
+        if self._publishers >= self.max_publishers:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_publishers} publishes are in progress (server option --max-publishers)",
+            )
+        self._publishers += 1
         try:
-            async for chunk in request_iterator:
+            assembler, refusal = await self._receive_version(request_iterator)
+        finally:
+            self._publishers -= 1
+        if refusal:
+            await context.abort(*refusal)
+        number = await self._commit(assembler, context)
+        return params_pb2.PublishResponse(version=number)
+
+    async def _receive_version(
+        self, request_iterator: AsyncIterator[params_pb2.ParamChunk]
+    ) -> tuple[VersionAssembler, tuple[grpc.StatusCode, str] | None]:
+        """A publish's chunks, assembled; or why it is refused (stale, malformed, stalled)."""
+        assembler = VersionAssembler(max_version_bytes=self.max_version_bytes)
+        chunks = aiter(request_iterator)
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), self.publish_idle_s)
+                except StopAsyncIteration:
+                    assembler.finish()
+                    return assembler, None
+                except TimeoutError:
+                    # A stalled publisher must not hold its partial version (and a slot) forever.
+                    stalled = f"publish stalled: no chunk for {self.publish_idle_s:g}s"
+                    return assembler, (grpc.StatusCode.DEADLINE_EXCEEDED, stalled)
                 assembler.add(chunk)
                 if len(assembler.chunks) == 1:
                     # Refuse a stale version or a set past the limit before the publisher
                     # sends the whole model.
                     refusal = self._publish_refusal(assembler.param_set, assembler.version or 0)
                     if refusal:
-                        break
-            else:
-                assembler.finish()
+                        return assembler, refusal
         except ChunkStreamError as exc:
-            refusal = (grpc.StatusCode.INVALID_ARGUMENT, f"publish rejected: {exc}")
-        if refusal:
-            await context.abort(*refusal)
-        number = await self._commit(assembler, context)
-        return params_pb2.PublishResponse(version=number)
+            return assembler, (grpc.StatusCode.INVALID_ARGUMENT, f"publish rejected: {exc}")
 
     async def Subscribe(
         self, request: params_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -494,10 +529,16 @@ def start_params_server(
     max_subscribers: int = DEFAULT_MAX_SUBSCRIBERS,
     max_version_bytes: int = DEFAULT_MAX_VERSION_BYTES,
     max_sets: int = DEFAULT_MAX_SETS,
+    publish_idle_s: float = DEFAULT_PUBLISH_IDLE_S,
+    max_publishers: int = DEFAULT_MAX_PUBLISHERS,
 ) -> RunningParamServer:
     """Start a parameter server (with health service, TLS/token and keepalive); port 0 picks one."""
     params = ParamServer(
-        max_subscribers=max_subscribers, max_version_bytes=max_version_bytes, max_sets=max_sets
+        max_subscribers=max_subscribers,
+        max_version_bytes=max_version_bytes,
+        max_sets=max_sets,
+        publish_idle_s=publish_idle_s,
+        max_publishers=max_publishers,
     )
     try:
         running = start_server(

@@ -18,6 +18,7 @@ from distrl.wire.cli_options import (
     KeepaliveOpt,
     KeepaliveTimeoutOpt,
     PortOpt,
+    RoleTokensDirOpt,
     TlsCaOpt,
     TlsCertOpt,
     TlsClientCaOpt,
@@ -175,6 +176,7 @@ def serve_replay(
     seed: Annotated[int | None, typer.Option("--seed", help="sampling seed")] = None,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
+    role_tokens_dir: RoleTokensDirOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_client_ca: TlsClientCaOpt = None,
@@ -225,7 +227,9 @@ def serve_replay(
     from distrl.replay.server import serve_replay_shard
     from distrl.wire.lifecycle import serve_until_signalled
 
-    security = security_from_options(token, token_file, tls_cert, tls_key, tls_client_ca)
+    security = security_from_options(
+        token, token_file, tls_cert, tls_key, tls_client_ca, role_tokens_dir=role_tokens_dir
+    )
     keepalive = keepalive_from_options(keepalive_s, keepalive_timeout_s)
     try:
         shard, running = serve_replay_shard(

@@ -41,7 +41,7 @@ def train(
     ] = False,
 ) -> None:
     """Train: start replay shards, a parameter server, a learner, actors and an evaluator."""
-    from distrl.config import ConfigError, load_config
+    from distrl.config import ConfigError, load_config, redact_overrides
     from distrl.experiment import check_experiment
     from distrl.runtime.local import LocalLauncher
     from distrl.runtime.process import ComponentFailed
@@ -61,6 +61,8 @@ def train(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # What records the command line (W&B's run metadata) must not record a token override.
+    sys.argv[:] = redact_overrides(sys.argv)
     if run_dir is None:
         run_dir = Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if launcher not in ("local", "ray"):

@@ -17,10 +17,17 @@ starts):
 - actors: a Deployment whose replica count is the actor count (`kubectl scale` changes it);
   each pod's index hashes its name and its pod UID is logged beside the process's replay
   incarnation (`distrl.actors.identity`); an evaluator Deployment when `eval.enabled`.
-- the experiment config: a ConfigMap, mounted at /etc/distrl/config/config.yaml. The bearer
-  token (and TLS files when the config uses TLS) come from a Secret that kustomize generates from
-  files beside the manifests, mounted at /etc/distrl/secrets; servers also read the token from
-  env DISTRL_TOKEN. Secret files are never written into the YAML.
+- the experiment config: a ConfigMap, mounted at /etc/distrl/config/config.yaml.
+- credentials: one bearer token per role (`distrl.wire.roles`): a Secret that kustomize generates
+  from files beside the manifests (`token-<role>`, kept across renders). Each pod mounts only
+  its own role's token, as /etc/distrl/secrets/token: actors and the evaluator the actor token,
+  the learner the learner token, servers the reader token (they call nobody). Servers check
+  callers against the SHA-256 digests of every role's token, so no server holds another role's
+  token. Secret files are never written into the YAML.
+- TLS is on unless rendered `--insecure`: from the config's TLS files (copied into the generated
+  Secret), else from a Secret the user provides (`--tls-secret`, default `distrl-tls`: keys
+  tls.crt, tls.key, ca.crt), optionally made by cert-manager (`--cert-manager-issuer` renders a
+  Certificate for it). Server pods alone get the private key.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from __future__ import annotations
 import math
 import re
 import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,8 @@ import yaml
 
 from distrl import __version__
 from distrl.config import ExperimentConfig
-from distrl.wire.security import SecurityConfig
+from distrl.wire.roles import DIGEST_SUFFIX, ROLES, digest
+from distrl.wire.security import SecurityConfig, write_private
 
 DEFAULT_IMAGE = f"distrl:{__version__}"
 CONFIGMAP_NAME = "distrl-config"
@@ -46,6 +53,12 @@ CONFIG_MOUNT = "/etc/distrl/config"
 CONFIG_FILE = "config.yaml"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_FILE}"
 SECRETS_MOUNT = "/etc/distrl/secrets"
+TLS_MOUNT = "/etc/distrl/tls"
+ROLES_DIR = f"{SECRETS_MOUNT}/roles"
+DEFAULT_TLS_SECRET = "distrl-tls"
+# Names the server certificate must hold: every address the clients dial.
+TLS_DNS_NAMES = ("replay", "*.replay", "params", "coordinator")
+TLS_MODES = ("secret", "cert-manager", "off")
 DATA_MOUNT = "/data"
 
 REPLAY_PORT = 50051
@@ -61,7 +74,10 @@ LEARNER = "learner"
 ACTORS = "actors"
 EVALUATOR = "evaluator"
 
+# Each pod's own token, under SECRETS_MOUNT; beside the manifests, each role's as token-<role>.
 TOKEN_FILE = "token"
+ROLE_TOKEN_FILES = {role: f"token-{role}" for role in ROLES}
+DIGEST_FILES = {role: f"{role}{DIGEST_SUFFIX}" for role in ROLES}
 # Config field -> file name in the Secret (and under SECRETS_MOUNT).
 TLS_FILES = {
     "tls_cert": "tls.crt",
@@ -79,6 +95,7 @@ MANIFEST_FILES = (
     f"{LEARNER}.yaml",
     f"{ACTORS}.yaml",
     f"{EVALUATOR}.yaml",
+    "tls.yaml",
 )
 
 # The image's user (deploy/Dockerfile); fsGroup makes the volumes writable for it.
@@ -97,6 +114,22 @@ class RenderOptions:
     actors: int | None = None
     shards: int | None = None
     command: str = "distrl k8s render"
+    # Where the TLS certificate comes from when the config names no TLS files (see TLS_MODES).
+    tls: str = "secret"
+    tls_secret: str = DEFAULT_TLS_SECRET
+    cert_manager_issuer: str | None = None
+    cert_manager_issuer_kind: str = "Issuer"
+
+    def __post_init__(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, got {self.tls!r}")
+        if (self.tls == "cert-manager") != (self.cert_manager_issuer is not None):
+            raise ValueError("a cert-manager issuer goes with tls 'cert-manager', and only with it")
+
+
+def tls_source(config: ExperimentConfig, options: RenderOptions) -> str:
+    """Where the pods' TLS files come from: 'config', 'secret', 'cert-manager' or 'off'."""
+    return "config" if config.network.security.tls_cert is not None else options.tls
 
 
 @dataclass(frozen=True)
@@ -145,10 +178,16 @@ def coordinator_address() -> str:
 def cluster_config(config: ExperimentConfig, options: RenderOptions) -> ExperimentConfig:
     """The experiment config as the pods see it: counts from the options, secrets as mounted files."""
     sec = config.network.security
-    mounted = {
-        "token_file": f"{SECRETS_MOUNT}/{TOKEN_FILE}",
-        **{field: f"{SECRETS_MOUNT}/{name}" for field, name in TLS_FILES.items() if getattr(sec, field)},
-    }
+    mounted: dict[str, Any] = {"token_file": f"{SECRETS_MOUNT}/{TOKEN_FILE}"}
+    source = tls_source(config, options)
+    if source == "config":
+        if sec.tls_ca is not None:
+            mounted["tls_ca"] = f"{SECRETS_MOUNT}/{TLS_FILES['tls_ca']}"
+        if sec.tls_client_ca is not None:  # mutual TLS: clients present the certificate too
+            mounted["tls_cert"] = f"{SECRETS_MOUNT}/{TLS_FILES['tls_cert']}"
+            mounted["tls_key"] = f"{SECRETS_MOUNT}/{TLS_FILES['tls_key']}"
+    elif source != "off":
+        mounted["tls_ca"] = f"{TLS_MOUNT}/ca.crt"
     if sec.tls_server_name is not None:
         mounted["tls_server_name"] = sec.tls_server_name
     # model_construct: the mounted files exist only inside the pods, so skip the existence check.
@@ -174,7 +213,7 @@ def render_manifests(config: ExperimentConfig, options: RenderOptions | None = N
     """Every object of the kustomize base for `config`, grouped by file."""
     options = options or RenderOptions()
     cfg = cluster_config(config, options)
-    return _Renderer(cfg, options).files()
+    return _Renderer(cfg, options, config.network.security).files()
 
 
 def write_manifests(
@@ -182,9 +221,10 @@ def write_manifests(
 ) -> list[Path]:
     """Write the kustomize base into `out_dir`; returns the files written.
 
-    Also writes the Secret's source files, which `.gitignore` keeps out of git: `token` (the
-    config's token, or a fresh random one if the file is missing, so a re-render keeps the
-    token a running job uses) and copies of the config's TLS files.
+    Also writes the Secret's source files, which `.gitignore` keeps out of git, all readable by
+    their owner only: a token per role (`token-<role>`: the config's token is the admin token;
+    the others are random, and a re-render keeps those a running job uses), their digests, and
+    copies of the config's TLS files.
     """
     options = options or RenderOptions()
     out_dir = Path(out_dir)
@@ -206,25 +246,34 @@ def write_manifests(
     gitignore = out_dir / ".gitignore"
     gitignore.write_text(
         "# Secret material read by kustomize's secretGenerator; never commit it.\n"
-        + "".join(f"/{name}\n" for name in (TOKEN_FILE, *TLS_FILES.values()))
+        + "".join(f"/{name}\n" for name in SECRET_SOURCE_FILES)
     )
     written.append(gitignore)
     written += _write_secret_files(config.network.security, out_dir)
     return written
 
 
+# Every file of the generated Secret (TOKEN_FILE: what renders before per-role tokens wrote).
+SECRET_SOURCE_FILES = (TOKEN_FILE, *ROLE_TOKEN_FILES.values(), *DIGEST_FILES.values(), *TLS_FILES.values())
+
+
 def _write_secret_files(sec: SecurityConfig, out_dir: Path) -> list[Path]:
     written = []
-    token_path = out_dir / TOKEN_FILE
-    token = sec.resolved_token()
-    if token is not None or not token_path.exists():
-        token_path.touch(mode=0o600)
-        token_path.write_text((token or secrets.token_hex(32)) + "\n")
-        written.append(token_path)
+    for role, name in ROLE_TOKEN_FILES.items():
+        path = out_dir / name
+        given = sec.resolved_token() if role == "admin" else None
+        if given is not None or not path.exists() or not path.read_text().strip():
+            write_private(path, (given or secrets.token_hex(32)) + "\n")
+            written.append(path)
+        else:
+            path.chmod(0o600)  # an older render, or a copy, may have left it readable
+        digest_path = out_dir / DIGEST_FILES[role]
+        digest_path.write_text(digest(path.read_text().strip()).hex() + "\n")
+        written.append(digest_path)
     for field, name in TLS_FILES.items():
         source = getattr(sec, field)
         if source is not None:
-            shutil.copyfile(source, out_dir / name)
+            write_private(out_dir / name, Path(source).read_bytes())
             written.append(out_dir / name)
     return written
 
@@ -260,10 +309,13 @@ def _label_value(text: str) -> str:
 
 
 class _Renderer:
-    def __init__(self, cfg: ExperimentConfig, options: RenderOptions) -> None:
+    def __init__(self, cfg: ExperimentConfig, options: RenderOptions, security: SecurityConfig) -> None:
         self.cfg = cfg
         self.options = options
-        self.tls = cfg.network.security.tls_cert is not None
+        # The config's own security settings (cfg's are the files as mounted in the pods).
+        self.security = security
+        self.tls_source = "config" if security.tls_cert is not None else options.tls
+        self.tls = self.tls_source != "off"
 
     # -- shared pieces -------------------------------------------------------------------------
 
@@ -277,9 +329,7 @@ class _Renderer:
     def metadata(self, name: str, component: str) -> dict[str, Any]:
         return {"name": name, "labels": self.labels(component)}
 
-    def env(
-        self, server: bool, extra: dict[str, str] | None = None, pod_uid: bool = False
-    ) -> list[dict[str, Any]]:
+    def env(self, extra: dict[str, str] | None = None, pod_uid: bool = False) -> list[dict[str, Any]]:
         env: list[dict[str, Any]] = [
             # The actor index and the replay shard's seed come from the pod name.
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -291,9 +341,6 @@ class _Renderer:
             {"name": "MUJOCO_GL", "value": "disable"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ]
-        if server:
-            token = {"secretKeyRef": {"name": SECRET_NAME, "key": TOKEN_FILE}}
-            env.append({"name": "DISTRL_TOKEN", "valueFrom": token})
         env += [{"name": k, "value": v} for k, v in (extra or {}).items()]
         return env
 
@@ -313,15 +360,43 @@ class _Renderer:
             "--keepalive-timeout-s",
             f"{net.keepalive.timeout_s:g}",
         ]
-        sec = net.security
-        for flag, field in (
-            ("--tls-cert", "tls_cert"),
-            ("--tls-key", "tls_key"),
-            ("--tls-client-ca", "tls_client_ca"),
-        ):
-            if getattr(sec, field) is not None:
-                args += [flag, f"{SECRETS_MOUNT}/{TLS_FILES[field]}"]
+        args += ["--role-tokens-dir", ROLES_DIR]
+        sec = self.security
+        if self.tls_source == "config":
+            for flag, field in (
+                ("--tls-cert", "tls_cert"),
+                ("--tls-key", "tls_key"),
+                ("--tls-client-ca", "tls_client_ca"),
+            ):
+                if getattr(sec, field) is not None:
+                    args += [flag, f"{SECRETS_MOUNT}/{TLS_FILES[field]}"]
+        elif self.tls:
+            args += ["--tls-cert", f"{TLS_MOUNT}/tls.crt", "--tls-key", f"{TLS_MOUNT}/tls.key"]
         return args
+
+    def secret_volumes(self, role: str, server: bool) -> list[dict[str, Any]]:
+        """The pod's credentials: its own role's token; for servers the digests of every role's
+        token and the TLS key; the CA for everyone."""
+        items = [{"key": ROLE_TOKEN_FILES[role], "path": TOKEN_FILE}]
+        if server:
+            items += [{"key": name, "path": f"roles/{name}"} for name in DIGEST_FILES.values()]
+        sec = self.security
+        if self.tls_source == "config":
+            mtls = sec.tls_client_ca is not None
+            for field, name in TLS_FILES.items():
+                wanted = field == "tls_ca" or server or (mtls and field in ("tls_cert", "tls_key"))
+                if getattr(sec, field) is not None and wanted:
+                    items.append({"key": name, "path": name})
+        volumes = [
+            {"name": "secrets", "secret": {"secretName": SECRET_NAME, "defaultMode": 0o440, "items": items}}
+        ]
+        if self.tls_source in ("secret", "cert-manager"):
+            tls_items = [{"key": "ca.crt", "path": "ca.crt"}]
+            if server:
+                tls_items += [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+            secret = {"secretName": self.options.tls_secret, "defaultMode": 0o440, "items": tls_items}
+            volumes.append({"name": "tls", "secret": secret})
+        return volumes
 
     def probes(self, port: int) -> dict[str, Any]:
         # Kubelet's gRPC probe speaks plaintext grpc.health.v1 (exempt from the token); with TLS
@@ -350,6 +425,8 @@ class _Renderer:
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
         ]
+        if self.tls_source in ("secret", "cert-manager"):
+            mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
         if data_volume is not None:
             mounts.append({"name": data_volume, "mountPath": DATA_MOUNT})
         container: dict[str, Any] = {
@@ -358,7 +435,7 @@ class _Renderer:
             "imagePullPolicy": "IfNotPresent",
             "command": ["distrl"],
             "args": args,
-            "env": self.env(server, env, pod_uid),
+            "env": self.env(env, pod_uid),
         }
         if ports:
             container["ports"] = [
@@ -377,6 +454,9 @@ class _Renderer:
         container: dict[str, Any],
         grace_s: int,
         volumes: list[dict[str, Any]] | None = None,
+        *,
+        role: str,
+        server: bool = False,
     ) -> dict[str, Any]:
         return {
             "metadata": {"labels": self.labels(component)},
@@ -398,7 +478,7 @@ class _Renderer:
                             "items": [{"key": CONFIG_FILE, "path": CONFIG_FILE}],
                         },
                     },
-                    {"name": "secrets", "secret": {"secretName": SECRET_NAME, "defaultMode": 0o440}},
+                    *self.secret_volumes(role, server),
                     *(volumes or []),
                 ],
             },
@@ -483,7 +563,7 @@ class _Renderer:
                 # Shards do not depend on each other: start and replace them all at once.
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": self.selector(REPLAY)},
-                "template": self.pod_template(REPLAY, container, grace_s=120),
+                "template": self.pod_template(REPLAY, container, grace_s=120, role="reader", server=True),
                 "volumeClaimTemplates": [
                     {
                         "metadata": {"name": "data", "labels": self.labels(REPLAY)},
@@ -503,7 +583,7 @@ class _Renderer:
             ports={"grpc": PARAMS_PORT},
             probe_port=PARAMS_PORT,
         )
-        template = self.pod_template(PARAMS, container, grace_s=30)
+        template = self.pod_template(PARAMS, container, grace_s=30, role="reader", server=True)
         return [self.service(PARAMS, {"grpc": PARAMS_PORT}), self.deployment(PARAMS, 1, template)]
 
     def coordinator(self) -> list[dict[str, Any]]:
@@ -530,7 +610,9 @@ class _Renderer:
             data_volume="data",
         )
         volume = {"name": "data", "persistentVolumeClaim": {"claimName": f"{COORDINATOR}-data"}}
-        template = self.pod_template(COORDINATOR, container, grace_s=30, volumes=[volume])
+        template = self.pod_template(
+            COORDINATOR, container, grace_s=30, volumes=[volume], role="reader", server=True
+        )
         template["metadata"]["annotations"] = {
             "prometheus.io/scrape": "true",
             "prometheus.io/port": str(PROMETHEUS_PORT),
@@ -551,7 +633,7 @@ class _Renderer:
             data_volume="data",
         )
         volume = {"name": "data", "persistentVolumeClaim": {"claimName": f"{LEARNER}-run"}}
-        template = self.pod_template(LEARNER, container, grace_s=120, volumes=[volume])
+        template = self.pod_template(LEARNER, container, grace_s=120, volumes=[volume], role="learner")
         return [
             self.pvc(f"{LEARNER}-run", LEARNER, "10Gi"),
             self.deployment(LEARNER, 1, template, recreate=True),
@@ -564,7 +646,7 @@ class _Renderer:
             env=self.client_env(),
             pod_uid=True,
         )
-        template = self.pod_template(ACTORS, container, grace_s=30)
+        template = self.pod_template(ACTORS, container, grace_s=30, role="actor")
         return [self.deployment(ACTORS, self.cfg.actors.num_actors, template)]
 
     def evaluator(self) -> list[dict[str, Any]]:
@@ -573,7 +655,8 @@ class _Renderer:
             Resources("500m", "1Gi", "2", "2Gi"),
             env=self.client_env(),
         )
-        return [self.deployment(EVALUATOR, 1, self.pod_template(EVALUATOR, container, grace_s=30))]
+        template = self.pod_template(EVALUATOR, container, grace_s=30, role="actor")
+        return [self.deployment(EVALUATOR, 1, template)]
 
     def configmap(self) -> list[dict[str, Any]]:
         return [
@@ -591,10 +674,30 @@ class _Renderer:
             }
         ]
 
+    def certificate(self) -> dict[str, Any]:
+        """A cert-manager Certificate that keeps the TLS Secret the pods mount issued and renewed."""
+        return {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": self.metadata(self.options.tls_secret, "tls"),
+            "spec": {
+                "secretName": self.options.tls_secret,
+                "dnsNames": list(TLS_DNS_NAMES),
+                "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                "issuerRef": {
+                    "name": self.options.cert_manager_issuer,
+                    "kind": self.options.cert_manager_issuer_kind,
+                    "group": "cert-manager.io",
+                },
+            },
+        }
+
     def kustomization(self, resources: list[str]) -> dict[str, Any]:
-        secret_files = [TOKEN_FILE] + [
-            name for field, name in TLS_FILES.items() if getattr(self.cfg.network.security, field)
-        ]
+        secret_files = [*ROLE_TOKEN_FILES.values(), *DIGEST_FILES.values()]
+        if self.tls_source == "config":
+            secret_files += [
+                name for field, name in TLS_FILES.items() if getattr(self.security, field)
+            ]
         return {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
@@ -614,5 +717,7 @@ class _Renderer:
         ]
         if self.cfg.eval.enabled:
             files.append(ManifestFile(f"{EVALUATOR}.yaml", self.evaluator()))
+        if self.tls_source == "cert-manager":
+            files.append(ManifestFile("tls.yaml", [self.certificate()]))
         kustomization = self.kustomization([f.name for f in files])
         return [ManifestFile("kustomization.yaml", [kustomization]), *files]

@@ -20,9 +20,11 @@ from distrl.runtime import scaling
 from distrl.telemetry import Coordinator
 from distrl.telemetry.aggregate import TelemetrySnapshot
 from distrl.wire import start_server
+from distrl.wire.security import write_private
 
 CONFIG_FILE = "config.yaml"
 PROGRESS_FILE = "progress.json"
+SECRETS_DIR = "secrets"
 
 
 @dataclass
@@ -34,13 +36,30 @@ class RunResult:
 
 
 def prepare_run_dir(config: ExperimentConfig, run_dir: Path) -> dict | None:
-    """Create the run directory, save the resolved config; returns saved progress when resuming."""
+    """Create the run directory, save the resolved config; returns saved progress when resuming.
+
+    An inline token is not written into RUN_DIR/config.yaml: it goes to RUN_DIR/secrets/token
+    (readable by the owner only) and the saved config names that file.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(config.to_yaml())
+    (run_dir / CONFIG_FILE).write_text(saved_config(config, run_dir).to_yaml())
     scaling.discard_scale_request(run_dir)
     progress = run_dir / PROGRESS_FILE
     return json.loads(progress.read_text()) if progress.exists() else None
+
+
+def saved_config(config: ExperimentConfig, run_dir: Path) -> ExperimentConfig:
+    """`config` as RUN_DIR/config.yaml holds it: an inline token moved to RUN_DIR/secrets/token."""
+    token = config.network.security.token
+    if token is None:
+        return config
+    secrets_dir = run_dir / SECRETS_DIR
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    secrets_dir.chmod(0o700)
+    path = secrets_dir / "token"
+    write_private(path, token + "\n")
+    return config.with_token_file(path.resolve())
 
 
 def finished_reason(config: ExperimentConfig, snap: TelemetrySnapshot) -> str | None:
@@ -79,7 +98,7 @@ def coordinated_run(
         run_dir,
         config.telemetry,
         total_env_steps=config.train.total_env_steps,
-        run_config=config.model_dump(mode="json"),
+        run_config=config.redacted_dump(),
         resume_from=resume_from,
     )
     server = start_server(

@@ -15,6 +15,7 @@ from distrl.wire.cli_options import (
     KeepaliveOpt,
     KeepaliveTimeoutOpt,
     PortOpt,
+    RoleTokensDirOpt,
     TlsCertOpt,
     TlsClientCaOpt,
     TlsKeyOpt,
@@ -52,6 +53,7 @@ def serve_coordinator(
     ] = False,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
+    role_tokens_dir: RoleTokensDirOpt = None,
     tls_cert: TlsCertOpt = None,
     tls_key: TlsKeyOpt = None,
     tls_client_ca: TlsClientCaOpt = None,
@@ -68,7 +70,9 @@ def serve_coordinator(
     from distrl.telemetry.coordinator import Coordinator, load_progress, start_coordinator_server
     from distrl.wire.lifecycle import serve_until_signalled
 
-    security = security_from_options(token, token_file, tls_cert, tls_key, tls_client_ca)
+    security = security_from_options(
+        token, token_file, tls_cert, tls_key, tls_client_ca, role_tokens_dir=role_tokens_dir
+    )
     keepalive = keepalive_from_options(keepalive_s, keepalive_timeout_s)
     telemetry, total_env_steps, run_config = TelemetryConfig(), None, None
     if config is not None:
@@ -79,7 +83,7 @@ def serve_coordinator(
             raise typer.Exit(2) from None
         telemetry = experiment.telemetry
         total_env_steps = experiment.train.total_env_steps
-        run_config = experiment.model_dump(mode="json")
+        run_config = experiment.redacted_dump()
     overrides = {
         key: value
         for key, value in (

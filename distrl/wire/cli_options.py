@@ -6,6 +6,7 @@ finds its experiment config and its peers (actors, evaluator and learner alike).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +14,46 @@ import typer
 
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 
+TOKEN_ENV = "DISTRL_TOKEN"
+
+
+def _token_from_environment(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """The token, from DISTRL_TOKEN only: a token on the command line shows in `ps`."""
+    source = ctx.get_parameter_source(param.name)
+    if getattr(source, "name", None) == "COMMANDLINE":  # typer may bring its own click
+        raise typer.BadParameter(
+            f"a token on the command line is visible to every user of the machine (ps); "
+            f"set {TOKEN_ENV} or use --token-file",
+            param_hint="--token",
+        )
+    if value is None and os.environ.get(TOKEN_ENV) is not None and not os.environ[TOKEN_ENV].strip():
+        message = f"{TOKEN_ENV} is set but empty; unset it to turn auth off"
+        raise typer.BadParameter(message, param_hint=TOKEN_ENV)
+    return value
+
+
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", envvar="DISTRL_TOKEN", help="bearer token (env DISTRL_TOKEN)")
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=TOKEN_ENV,
+        callback=_token_from_environment,
+        hidden=True,
+        help="bearer token: from env DISTRL_TOKEN only",
+    ),
 ]
-TokenFileOpt = Annotated[Path | None, typer.Option("--token-file", help="file holding the bearer token")]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option("--token-file", envvar="DISTRL_TOKEN_FILE", help="file holding the bearer token"),
+]
+RoleTokensDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--role-tokens-dir",
+        envvar="DISTRL_ROLE_TOKENS_DIR",
+        help="server: one token per role, from files admin, learner, actor, reader here",
+    ),
+]
 TlsCertOpt = Annotated[
     Path | None, typer.Option("--tls-cert", help="PEM certificate (server, or client for mTLS)")
 ]
@@ -58,9 +95,11 @@ def security_from_options(
     tls_key: Path | None = None,
     tls_client_ca: Path | None = None,
     tls_ca: Path | None = None,
+    role_tokens_dir: Path | None = None,
 ) -> SecurityConfig:
     try:
         return SecurityConfig(
+            role_tokens_dir=role_tokens_dir,
             token=token,
             token_file=token_file,
             tls_cert=tls_cert,

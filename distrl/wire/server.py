@@ -8,15 +8,14 @@ work that blocks (a table waiting for its rate limiter, a checkpoint) runs in
 thread pools the servicer owns (`BlockingPool`).
 
 Every server gets: the standard grpc.health.v1 service, keepalive, message
-size limits, optional TLS (with optional client certificates) and an optional
-bearer token checked on every call except health checks (Kubernetes probes
-cannot send one).
+size limits, optional TLS (with optional client certificates) and optional
+bearer tokens checked on every call except health checks (Kubernetes probes
+cannot send one): one shared token, or one per role (`distrl.wire.roles`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent import futures
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from distrl.wire.roles import digest, load_role_digests, may_call, role_of
 from distrl.wire.security import KeepaliveConfig, SecurityConfig, read_bytes
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -36,45 +36,53 @@ DEFAULT_MAX_CONCURRENT_RPCS = 4096
 T = TypeVar("T")
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses any call without `authorization: Bearer <token>` (health checks excepted)."""
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks `authorization: Bearer <token>` on every call but health checks (probes send none).
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    `digests` maps each role to its token's SHA-256 (one `admin` entry for a shared token).
+    A call without a known token ends UNAUTHENTICATED; a call its token's role may not make
+    ends PERMISSION_DENIED. Either way the server reads nothing of the request: the refusal
+    is a streaming handler that never asks for a message, so a stranger's 256 MiB unary
+    request is not received before it is refused.
+    """
+
+    def __init__(self, digests: dict[str, bytes]) -> None:
+        self._digests = dict(digests)
 
     async def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(HEALTH_PREFIX):
+        method = handler_call_details.method
+        if method.startswith(HEALTH_PREFIX):
             return await continuation(handler_call_details)
+        role = None
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 got = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(got, self._expected):
-                    return await continuation(handler_call_details)
+                if got.startswith(b"Bearer "):
+                    role = role_of(got[len(b"Bearer ") :], self._digests)
                 break
-        handler = await continuation(handler_call_details)
-        return _refusal(handler, "missing or invalid bearer token")
+        if role is None:
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        if not may_call(role, method):
+            return _refusal(grpc.StatusCode.PERMISSION_DENIED, f"the {role} role may not call {method}")
+        return await continuation(handler_call_details)
 
 
-def _refusal(handler, message: str):
-    """A handler of the same shape as `handler` that ends the call UNAUTHENTICATED, reading nothing."""
+def _refusal(code: grpc.StatusCode, message: str):
+    """A handler that ends the call with `code` without reading the request."""
 
-    async def abort(_request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def abort(_requests, context):
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator, as a streaming handler is
 
-    if handler is None:
-        return None
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        abort,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return grpc.stream_stream_rpc_method_handler(abort)
+
+
+def server_digests(security: SecurityConfig) -> dict[str, bytes]:
+    """The tokens a server accepts, by role; empty when auth is off."""
+    if security.role_tokens_dir is not None:
+        return load_role_digests(security.role_tokens_dir)
+    token = security.resolved_token()
+    return {"admin": digest(token)} if token else {}
 
 
 def keepalive_options(keepalive: KeepaliveConfig) -> list[tuple[str, int]]:
@@ -199,8 +207,8 @@ def start_server(
     """
     security = security or SecurityConfig()
     keepalive = keepalive or KeepaliveConfig()
-    token = security.resolved_token()
-    interceptors = [TokenInterceptor(token)] if token else []
+    digests = server_digests(security)
+    interceptors = [AuthInterceptor(digests)] if digests else []
     options = [
         *keepalive_options(keepalive),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),

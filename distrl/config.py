@@ -175,6 +175,19 @@ class TelemetryConfig(_Strict):
         max_length=128,
         description="the `run` label of Prometheus series (default: the run directory's name)",
     )
+    reader_token_file: Path | None = Field(
+        None,
+        description="file holding the token that reading the dashboard and /metrics then requires "
+        "(Authorization: Bearer, or /login?token= in a browser); none: open to anyone who can connect",
+    )
+
+    @model_validator(mode="after")
+    def _check_reader_token(self) -> TelemetryConfig:
+        if self.reader_token_file is not None:
+            from distrl.telemetry.http import read_reader_token
+
+            read_reader_token(self.reader_token_file)  # missing or empty: a config error now
+        return self
 
 
 class NetworkConfig(_Strict):

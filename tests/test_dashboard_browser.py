@@ -30,6 +30,7 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install -y chromium"),
 ]
 BROWSER_MAX_ROWS = 10_000  # MAX_ROWS in static/dashboard.js
+READER_TOKEN = "browser-reader-token"  # the dashboards here ask for it; the page logs in first
 
 
 def _free_port() -> int:
@@ -63,6 +64,15 @@ class Browser:
                 return stats
             self.page.wait_for_timeout(250)
         raise AssertionError(f"timed out waiting for {what}; page stats: {json.dumps(self.stats())[:2000]}")
+
+    def log_in(self, base: str) -> None:
+        """Open `base` (a 401 with the login form), then log in with the token in the URL."""
+        refused = self.page.goto(base)
+        assert refused is not None and refused.status == 401
+        assert self.page.locator("input[name=token]").count() == 1
+        self.page.goto(f"{base}login?token={READER_TOKEN}")
+        assert self.page.url == base  # redirected: the token left the address bar
+        self.errors.clear()  # chromium logs the 401 as a console error
 
     def screenshot(self, name: str) -> Path:
         path = self.screenshots / name
@@ -108,13 +118,16 @@ def _hover_value(browser: Browser, panel: str) -> str:
 
 def test_dashboard_live_during_a_real_run(tmp_path, browser):
     run_dir, port = tmp_path / "run", _free_port()
+    token_file = tmp_path / "reader-token"
+    token_file.write_text(READER_TOKEN + "\n")
     proc = start_train(
         "configs/sac_point.yaml", run_dir, f"telemetry.dashboard_port={port}", "telemetry.report_every_s=1",
+        f"telemetry.reader_token_file={token_file}",
         "train.total_env_steps=200000", "eval.every_updates=200", "eval.episodes=2", output=False,
     )  # fmt: skip
     try:
         wait_for(lambda: len(rows(run_dir)) >= 2, 180, "the first metric rows", proc)
-        browser.page.goto(f"http://127.0.0.1:{port}/")
+        browser.log_in(f"http://127.0.0.1:{port}/")
         first = browser.wait(lambda s: s["cards"]["steps"]["points"] >= 2, 60, "points on the steps/s chart")
         # Live push: more points arrive without reloading the page.
         browser.wait(
@@ -185,10 +198,10 @@ def test_dashboard_compares_runs_and_bounds_history(tmp_path, browser):
     _write_run(long_run, 50_000, 100.0, events=True)  # a long synthetic stream
     _write_run(short_run, 300, 60.0)
     runs = [FileRun("0", long_run, "seed0", max_rows=20_000), FileRun("1", short_run, "seed1")]
-    server = Dashboard(runs, "127.0.0.1", 0)
+    server = Dashboard(runs, "127.0.0.1", 0, reader_token=READER_TOKEN)
     try:
         assert len(runs[0].history) <= 20_000  # the server's bound
-        browser.page.goto(server.url)
+        browser.log_in(server.url)
         stats = browser.wait(
             lambda s: all(r["rows"] > 0 for r in s["runs"]) and s["cards"]["return"]["series"] == 2,
             60,

@@ -28,6 +28,17 @@ from distrl.wire.cli_options import (
 # Duplicated from distrl.telemetry.coordinator so importing the CLI does not import grpc.
 _DEFAULT_PORT = 50053
 
+# A file, never the token itself: a command line shows in `ps`.
+ReaderTokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--reader-token-file",
+        envvar="DISTRL_READER_TOKEN_FILE",
+        help="file holding the reader token the dashboard and /metrics then require "
+        "(env DISTRL_READER_TOKEN_FILE)",
+    ),
+]
+
 
 def serve_coordinator(
     run_dir: Annotated[
@@ -51,6 +62,7 @@ def serve_coordinator(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="ignore RUN_DIR/progress.json instead of continuing from it")
     ] = False,
+    reader_token_file: ReaderTokenFileOpt = None,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     role_tokens_dir: RoleTokensDirOpt = None,
@@ -90,6 +102,7 @@ def serve_coordinator(
             ("prometheus_port", prometheus_port),
             ("dashboard_port", dashboard_port),
             ("console", console),
+            ("reader_token_file", reader_token_file),
         )
         if value is not None
     }
@@ -142,6 +155,7 @@ def dashboard(
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="port to serve on (0: any free)")
     ] = 8080,
+    reader_token_file: ReaderTokenFileOpt = None,
 ) -> None:
     """Serve the web dashboard for one or more runs, side by side, from their RUN_DIR/metrics.jsonl.
 
@@ -152,18 +166,28 @@ def dashboard(
 
     from distrl.telemetry.dashboard import Dashboard
     from distrl.telemetry.dashboard_runs import FileRun, unique_names
+    from distrl.telemetry.http import read_reader_token
 
+    reader_token = None
+    if reader_token_file is not None:
+        try:
+            reader_token = read_reader_token(reader_token_file)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     runs = []
     try:
         for k, (run_dir, name) in enumerate(zip(run_dirs, unique_names(run_dirs), strict=True)):
             runs.append(FileRun(str(k), run_dir, name))
-        server = Dashboard(runs, host, port)
+        server = Dashboard(runs, host, port, reader_token=reader_token)
     except (OSError, ValueError) as exc:
         for run in runs:
             run.close()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2 if isinstance(exc, FileNotFoundError) else 1) from None
     typer.echo(f"dashboard of {len(runs)} run(s) on {server.url}  (Ctrl-C to stop)", err=True)
+    if reader_token is not None:
+        typer.echo(f"it needs the reader token: log in at {server.url}login", err=True)
     # stdout's line is for launchers and tests, as `distrl serve` does.
     typer.echo(f"listening on {server.host}:{server.port}", err=False)
     stop = threading.Event()

@@ -32,6 +32,7 @@ from distrl.config import TelemetryConfig
 from distrl.proto.v1 import telemetry_pb2, telemetry_pb2_grpc
 from distrl.telemetry.aggregate import MetricsRow, Progress, ReportRefused, RunAggregate, TelemetrySnapshot
 from distrl.telemetry.console import ConsoleProgress
+from distrl.telemetry.http import read_reader_token
 from distrl.telemetry.sinks import METRICS_FILE, JsonlSink, MetricsSink, PrometheusSink, WandbSink
 from distrl.telemetry.sources import SourceLatest
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
@@ -170,6 +171,10 @@ class Coordinator:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._sinks.append(("metrics.jsonl", JsonlSink(self.run_dir / METRICS_FILE)))
+        serves_http = config.prometheus_port is not None or config.dashboard_port is not None
+        reader_token = None
+        if serves_http and config.reader_token_file is not None:
+            reader_token = read_reader_token(config.reader_token_file)
         if config.prometheus_port is not None:
             self.prometheus = PrometheusSink(
                 config.prometheus_port,
@@ -177,6 +182,7 @@ class Coordinator:
                 run=config.run_name or (self.run_dir.resolve().name if self.run_dir else "distrl"),
                 sources=self.sources,
                 live_after_s=self._aggregate.live_after_s,
+                reader_token=reader_token,
             )
             self._sinks.append(("prometheus", self.prometheus))
         if config.dashboard_port is not None:
@@ -186,7 +192,12 @@ class Coordinator:
             if resume and self.run_dir is not None:
                 history.load_jsonl(self.run_dir / METRICS_FILE)
             self.dashboard = Dashboard.live(
-                self.dashboard_snapshot, self.run_dir, host, config.dashboard_port, history
+                self.dashboard_snapshot,
+                self.run_dir,
+                host,
+                config.dashboard_port,
+                history,
+                reader_token=reader_token,
             )
             self._sinks.append(("dashboard", self.dashboard))
         if config.wandb.enabled:

@@ -10,9 +10,12 @@
   every run shown: `rows` (`{"run", "rows", "next"}`) as windows close, `snapshot` (`{"run", ...}`)
   every two seconds, a comment line as keep-alive.
 - `GET /videos/ID/NAME.mp4`: a clip of `RUN_DIR/videos/` (byte ranges served, so it seeks).
+- `GET /login?token=T` (or the form of `GET /login`): with a reader token, sets the cookie that
+  lets a browser in; every other path then needs it or `Authorization: Bearer T`.
 
-`ID` defaults to the first run. Served by the standard library's ThreadingHTTPServer on
-daemon threads; at most `max_streams` event streams are open at once (a 503 past that).
+`ID` defaults to the first run. Served by `http.BoundedHTTPServer` (bounded connections, a
+deadline to read each request, a reader token when one is given, `/login` for browsers); at
+most `max_streams` event streams are open at once (a 503 past that).
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import ParseResult, parse_qs
 
 from distrl.telemetry.aggregate import MetricsRow
 from distrl.telemetry.dashboard_runs import DashboardRun, LiveRun, RowHistory, video_path
+from distrl.telemetry.http import BoundedHTTPServer, HttpLimits, ReaderHandler
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,14 @@ class Dashboard:
     """
 
     def __init__(
-        self, runs: Sequence[DashboardRun], host: str = "127.0.0.1", port: int = 0, max_streams: int = 32
+        self,
+        runs: Sequence[DashboardRun],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_streams: int = 32,
+        *,
+        reader_token: str | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         if not runs:
             raise ValueError("a dashboard needs at least one run")
@@ -77,16 +88,14 @@ class Dashboard:
         self._page = _static("index.html")
         handler = _make_handler(self)
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = BoundedHTTPServer(
+                (host, port), handler, limits=limits, reader_token=reader_token, what="the dashboard"
+            )
         except OSError as exc:
             raise OSError(f"cannot serve the dashboard on {host}:{port}: {exc}") from None
-        self._server.daemon_threads = True
         self.host = host
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="telemetry-dashboard", daemon=True
-        )
-        self._thread.start()
+        self._thread = self._server.serve_in_thread("telemetry-dashboard")
 
     @classmethod
     def live(
@@ -96,13 +105,16 @@ class Dashboard:
         host: str = "127.0.0.1",
         port: int = 0,
         history: RowHistory | None = None,
+        *,
+        reader_token: str | None = None,
+        limits: HttpLimits | None = None,
     ) -> Dashboard:
         """The dashboard of a coordinator's own run (rows arrive through `write`)."""
         name = Path(run_dir).resolve().name if run_dir is not None else "run"
         run = LiveRun(
             "0", name, Path(run_dir) if run_dir is not None else None, history or RowHistory(), snapshot
         )
-        return cls([run], host, port)
+        return cls([run], host, port, reader_token=reader_token, limits=limits)
 
     @property
     def history(self) -> RowHistory:
@@ -207,17 +219,16 @@ class BadRequest(ValueError):
     """A query the dashboard cannot answer; the message goes back with a 400."""
 
 
-def _make_handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _make_handler(dashboard: Dashboard) -> type[ReaderHandler]:
+    class Handler(ReaderHandler):
         server_version = "distrl-dashboard"
 
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
+        def serve_get(self, url: ParseResult) -> None:
             query = parse_qs(url.query)
             try:
                 self._route(url.path, query)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the browser went away mid-response
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass  # the browser went away, or stopped reading, mid-response
             except BadRequest as exc:
                 self._send(400, _json_bytes({"error": str(exc)}))
             except Exception as exc:
@@ -304,17 +315,8 @@ def _make_handler(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
             cache: bool = False,
             extra: dict[str, str] | None = None,
         ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "max-age=300" if cache else "no-store")
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per request would drown the console
+            headers = {"Cache-Control": "max-age=300" if cache else "no-store", **(extra or {})}
+            self.send_body(status, body, content_type, headers)
 
     return Handler
 

@@ -19,10 +19,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from distrl.telemetry.aggregate import LIVE_AFTER_S, MetricsRow
 from distrl.telemetry.clips import VIDEO_DIR, NewClips
+from distrl.telemetry.http import BoundedHTTPServer, HttpLimits, ReaderHandler
 from distrl.telemetry.sources import SourceLatest
 
 log = logging.getLogger(__name__)
@@ -228,6 +229,8 @@ class PrometheusSink:
 
     The sink is its own prometheus_client collector: one family per name holds both kinds of
     series, since the same name (e.g. `env_steps`) may be both a run total and a source's count.
+    Its server is the dashboard's (`http.BoundedHTTPServer`: bounded connections, a read
+    deadline, `reader_token` checked when given) running prometheus_client's own exposition.
     """
 
     def __init__(
@@ -239,8 +242,10 @@ class PrometheusSink:
         sources: SourceLatest | None = None,
         live_after_s: float = LIVE_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
+        reader_token: str | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
         self.run = run
         self.sources = sources
@@ -252,11 +257,18 @@ class PrometheusSink:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = BoundedHTTPServer(
+                (host, port),
+                _metrics_handler(self.registry),
+                limits=limits,
+                reader_token=reader_token,
+                what="Prometheus /metrics",
+            )
         except OSError as exc:
             raise OSError(f"cannot serve Prometheus metrics on {host}:{port}: {exc}") from None
         self.host = host
         self.port = int(self._server.server_port)
+        self._thread = self._server.serve_in_thread("telemetry-prometheus")
 
     def write(self, row: MetricsRow) -> None:
         values = {name: float(value) for name, value in row.to_json_dict().items() if name != "time"}
@@ -266,6 +278,7 @@ class PrometheusSink:
     def close(self, timeout: float = 5.0) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._thread.join(timeout)
 
     # -- the collector --------------------------------------------------------------------------
 
@@ -305,3 +318,37 @@ class PrometheusSink:
                 for name, value in values.items():
                     add(name, labels, value)
         return list(families.values())
+
+
+def _metrics_handler(registry: Any) -> type[ReaderHandler]:
+    """Serves prometheus_client's WSGI app (text or OpenMetrics, gzip, `name[]` filters) on every
+    path, as its `start_http_server` did, behind `ReaderHandler`'s checks."""
+    from prometheus_client import make_wsgi_app
+
+    app = make_wsgi_app(registry)
+
+    class MetricsHandler(ReaderHandler):
+        server_version = "distrl-prometheus"
+
+        def serve_get(self, url: ParseResult) -> None:
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": url.path,
+                "QUERY_STRING": url.query,
+                "HTTP_ACCEPT": self.headers.get("Accept"),
+                "HTTP_ACCEPT_ENCODING": self.headers.get("Accept-Encoding"),
+            }
+            answer: dict[str, Any] = {}
+
+            def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+                answer["status"], answer["headers"] = int(status.split()[0]), dict(headers)
+
+            body = b"".join(app(environ, start_response))
+            headers = answer["headers"]
+            content_type = headers.pop("Content-Type", "text/plain; charset=utf-8")
+            try:
+                self.send_body(answer["status"], body, content_type, headers)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass  # the scraper went away
+
+    return MetricsHandler

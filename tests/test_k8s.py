@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 import zlib
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate
+import numpy as np
 import pytest
 import typer
 import yaml
@@ -772,9 +775,9 @@ class PodRunner:
     """Turns rendered workloads into processes: same argv, env and mounted files; DNS names and
     ports mapped to loopback, mount paths to a directory per pod."""
 
-    def __init__(self, objects: list[dict], tmp: Path, token: str) -> None:
+    def __init__(self, objects: list[dict], tmp: Path, secrets: dict[str, dict[str, bytes]]) -> None:
         self.objects = objects
-        self.token = token
+        self.secrets = secrets  # Secret name -> key -> value
         self.pods: list[Pod] = []
         for workload in workloads(objects):
             name = workload["metadata"]["name"]
@@ -836,8 +839,7 @@ class PodRunner:
                 env[item["name"]] = pod.name if field_path == "metadata.name" else pod.uid
             else:
                 ref = source["secretKeyRef"]
-                assert (ref["name"], ref["key"]) == (k8s.SECRET_NAME, k8s.TOKEN_FILE)
-                env[item["name"]] = self.token
+                env[item["name"]] = self.secrets[ref["name"]][ref["key"]].decode().strip()
         return env
 
     def mount(self, pod: Pod) -> None:
@@ -852,8 +854,10 @@ class PodRunner:
                 for item in volume["configMap"]["items"]:
                     (where / item["path"]).write_text(pod.local_path(configmap["data"][item["key"]]))
             elif volume is not None and "secret" in volume:
-                assert volume["secret"]["secretName"] == k8s.SECRET_NAME
-                (where / k8s.TOKEN_FILE).write_text(self.token + "\n")
+                data = self.secrets[volume["secret"]["secretName"]]
+                for item in volume["secret"]["items"]:
+                    (where / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+                    (where / item["path"]).write_bytes(data[item["key"]])
             else:
                 assert mount["name"] in claims or "persistentVolumeClaim" in volume, mount["name"]
 
@@ -926,14 +930,30 @@ def wait_until(predicate, timeout: float, runner: PodRunner, what: str) -> None:
 def test_pods_run_as_processes(tmp_path: Path):
     """Every pod of the smoke experiment, started at once as Kubernetes would (no ordering), talks to
     the others by their in-cluster names; then the learner pod is deleted and comes back resumed."""
+    from certs import make_tls_files
+
     from distrl.params import ParamsClient
     from distrl.replay.client import ReplayClient
     from distrl.wire.security import SecurityConfig
 
     cfg = load_config(SMOKE, ["eval.every_updates=50", "learner.checkpoint_every=20"])
-    objects = objects_of(render_manifests(cfg, RenderOptions(actors=2, shards=2)))
-    runner = PodRunner(objects, tmp_path, token="pod-test-token")
-    security = SecurityConfig(token="pod-test-token")
+    base = tmp_path / "base"
+    k8s.write_manifests(cfg, base, RenderOptions(actors=2, shards=2))
+    objects = load_base(base)
+    generated = yaml.safe_load((base / "kustomization.yaml").read_text())["secretGenerator"][0]["files"]
+    # The TLS Secret the user provides: a certificate the pods' loopback addresses match.
+    tls = make_tls_files(tmp_path / "tls")
+    secrets = {
+        k8s.SECRET_NAME: {name: (base / name).read_bytes() for name in generated},
+        k8s.DEFAULT_TLS_SECRET: {
+            "tls.crt": tls.server_cert.read_bytes(),
+            "tls.key": tls.server_key.read_bytes(),
+            "ca.crt": tls.ca_cert.read_bytes(),
+        },
+    }
+    runner = PodRunner(objects, tmp_path / "pods", secrets)
+    admin = (base / "token-admin").read_text().strip()
+    security = SecurityConfig(token=admin, tls_ca=tls.ca_cert)
     t0 = time.monotonic()
 
     def stage(what: str) -> None:  # shown with -s, and in the report of a failure
@@ -956,7 +976,12 @@ def test_pods_run_as_processes(tmp_path: Path):
         # Prometheus scrapes the coordinator pod where its annotations say; every component is labelled.
         scrape = coordinator.workload["spec"]["template"]["metadata"]["annotations"]
         port = coordinator.ports[int(scrape["prometheus.io/port"])]
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}{scrape['prometheus.io/path']}", timeout=5)
+        url = f"http://127.0.0.1:{port}{scrape['prometheus.io/path']}"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(url, timeout=5)  # the reader token is asked for
+        reader = (base / "token-reader").read_text().strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {reader}"})
+        body = urllib.request.urlopen(request, timeout=5)
         samples = [s for f in text_string_to_metric_families(body.read().decode()) for s in f.samples]
         assert {s.labels["run"] for s in samples} == {"sac-smoke"}
         actors = {s.labels["index"] for s in samples if s.labels.get("component") == "actor"}
@@ -969,9 +994,15 @@ def test_pods_run_as_processes(tmp_path: Path):
         assert sum(t.inserts for s in infos for t in s.tables) > 0
         with ParamsClient(runner.addresses["params:50052"], security) as params:
             assert params.info().version > 1
-        # Without the token the servers refuse.
-        with ReplayClient(shards[:1], rpc_timeout_s=5) as client:
-            assert not client.info(timeout=5)[0].up
+        # Without a token, or with the actor's token for a learner's call, the servers refuse.
+        with ReplayClient(shards[:1], security=SecurityConfig(tls_ca=tls.ca_cert), rpc_timeout_s=5) as client:
+            assert client.info(timeout=5)[0].error.startswith("UNAUTHENTICATED")
+        actor = SecurityConfig(token=(base / "token-actor").read_text().strip(), tls_ca=tls.ca_cert)
+        with (
+            ParamsClient(runner.addresses["params:50052"], actor) as params,
+            pytest.raises(grpc.RpcError, match="PERMISSION_DENIED"),
+        ):
+            params.publish({"w": np.zeros(2, dtype=np.float32)})
 
         # The learner pod is deleted (SIGTERM: final checkpoint) and the Deployment starts a new one
         # on the same volume.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
+import ssl
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,3 +196,27 @@ def test_a_token_given_as_an_override_is_written_nowhere_in_the_run_dir(tmp_path
     assert (run_dir / "secrets" / "token").stat().st_mode & 0o777 == 0o600
     assert (run_dir / "secrets").stat().st_mode & 0o777 == 0o700
     assert b"<redacted>" in wandb_run.read_bytes()  # its config and its command line
+
+
+def test_servers_refuse_tls_older_than_1_2(tls, tls_server):
+    """The minimum TLS version is 1.2 (gRPC's floor); a TLS 1.1 client cannot even shake hands."""
+
+    def handshake(version: ssl.TLSVersion) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(tls.ca_cert)
+        context.set_alpn_protocols(["h2"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = context.maximum_version = version
+        if version < ssl.TLSVersion.TLSv1_2:
+            context.set_ciphers("ALL:@SECLEVEL=0")
+        with (
+            socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as wrapped,
+        ):
+            return wrapped.version()
+
+    assert handshake(ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    assert handshake(ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    with pytest.raises(ssl.SSLError):
+        handshake(ssl.TLSVersion.TLSv1_1)

@@ -601,6 +601,9 @@ class _Renderer:
                 str(DASHBOARD_PORT),
                 "--prometheus-port",
                 str(PROMETHEUS_PORT),
+                # The dashboard and /metrics ask for the reader token: the pod's own.
+                "--reader-token-file",
+                f"{SECRETS_MOUNT}/{TOKEN_FILE}",
                 "--no-console",
             ],
             Resources("250m", "512Mi", "1", "1Gi"),
@@ -695,9 +698,7 @@ class _Renderer:
     def kustomization(self, resources: list[str]) -> dict[str, Any]:
         secret_files = [*ROLE_TOKEN_FILES.values(), *DIGEST_FILES.values()]
         if self.tls_source == "config":
-            secret_files += [
-                name for field, name in TLS_FILES.items() if getattr(self.security, field)
-            ]
+            secret_files += [name for field, name in TLS_FILES.items() if getattr(self.security, field)]
         return {
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",

@@ -53,6 +53,12 @@ def check_experiment(config: ExperimentConfig, demos_here: bool = True) -> Space
     from distrl.config import ConfigError
     from distrl.learners.demos import check_demo_store
 
+    if config.network.security.role_tokens_dir is not None:
+        raise ConfigError(
+            "network.security.role_tokens_dir: `distrl train` gives every component one credential "
+            "(token or token_file); per-role tokens are for servers started by hand "
+            "(`distrl serve ... --role-tokens-dir`) and for Kubernetes (`distrl k8s render` makes them)"
+        )
     try:
         space = env_space(config.env)
     except ValueError as exc:  # an unknown id, bad options or wrappers: the message says which

@@ -236,3 +236,15 @@ def test_a_token_on_the_command_line_or_an_empty_token_is_refused():
     assert out.returncode == 2 and "DISTRL_TOKEN is set but empty" in out.stderr
     with pytest.raises(ValueError, match="token is empty"):
         SecurityConfig(token="  ")
+
+
+def test_distrl_train_names_why_it_takes_no_roles_directory(tmp_path):
+    roles = write_role_dir(tmp_path / "roles")
+    out = subprocess.run(
+        [sys.executable, "-m", "distrl.cli", "train", "configs/sac_smoke.yaml",
+         "--run-dir", str(tmp_path / "run"), f"network.security.role_tokens_dir={roles}"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "MUJOCO_GL": "disable"},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "network.security.role_tokens_dir" in out.stderr and "k8s render" in out.stderr

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distrl.params.names import MAX_VERSION, UPDATES_KEY, resolve_param_set
+from distrl.params.names import MAX_VERSION, UPDATES_KEY, is_update_count, resolve_param_set
 from distrl.proto.v1 import params_pb2, tensor_pb2
 from distrl.wire.codec import TensorDecodeError, decode, dtype_from_proto, dtype_to_proto
+from distrl.wire.requests import MalformedRequest
 
 # Every ParamChunk on the wire must be smaller than this (gRPC's default limit).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -168,9 +169,11 @@ class VersionAssembler:
     def names(self) -> list[str]:
         return list(self._tensors)
 
-    def add(self, chunk: params_pb2.ParamChunk) -> bool:
+    def add(self, chunk: params_pb2.ParamChunk | MalformedRequest) -> bool:
         """Take the next chunk; True once the version is complete."""
         where = f"chunk {len(self.chunks)}"
+        if isinstance(chunk, MalformedRequest):
+            raise ChunkStreamError(f"{where}: {chunk.describe()}")
         if self.complete:
             raise ChunkStreamError(f"{where} arrived after end_of_version")
         size = chunk.ByteSize()
@@ -189,6 +192,10 @@ class VersionAssembler:
             raise ChunkStreamError(f"{where} has version {chunk.version} inside version {self.version}")
         if not chunk.name:
             raise ChunkStreamError(f"{where} has no tensor name")
+        if len(chunk.name) > MAX_NAME_CHARS:
+            raise ChunkStreamError(
+                f"{where}: tensor name {chunk.name[:40]!r}... is longer than {MAX_NAME_CHARS} characters"
+            )
         parts = self._current
         if parts is None or chunk.name != parts.name:
             parts = self._start_tensor(chunk, where)
@@ -224,7 +231,7 @@ class VersionAssembler:
     def _add_metadata(self, chunk: params_pb2.ParamChunk, where: str) -> None:
         """Metadata counts toward the version's size; the update count must be an integer."""
         updates = chunk.metadata.get(UPDATES_KEY)
-        if updates is not None and not (updates.isdigit() and len(updates) <= 18):
+        if updates is not None and not is_update_count(updates):
             raise ChunkStreamError(
                 f"{where}: metadata {UPDATES_KEY!r} must be a non-negative integer, got {updates[:40]!r}"
             )

@@ -39,10 +39,18 @@ def resolve_param_set(name: str) -> str:
     return name
 
 
+def is_update_count(value: str) -> bool:
+    """Whether `value` is an update count: 1 to 18 ASCII digits.
+
+    str.isdigit alone takes '²', which int() does not: a subscriber would fail on it.
+    """
+    return value.isascii() and value.isdigit() and len(value) <= 18
+
+
 def updates_of(metadata: dict[str, str], default: int) -> int:
     """The learner update count a version carries (`UPDATES_KEY`), or `default` when it has none
     or it is not a non-negative integer (a subscriber must not fail on a publisher's typo)."""
     value = metadata.get(UPDATES_KEY)
-    if value is None or not value.isdigit() or len(value) > 18:
+    if value is None or not is_update_count(value):
         return default
     return int(value)

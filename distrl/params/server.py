@@ -16,7 +16,9 @@ Protocol (`protos/distrl/v1/params.proto`, service `distrl.v1.Parameters`):
   of order, a missing `end_of_version`, a chunk over the limit, a bad set name,
   chunks naming different sets) fails with INVALID_ARGUMENT; a new set past
   `max_sets` with RESOURCE_EXHAUSTED. Either way the current version is
-  untouched: a version is swapped in only whole.
+  untouched: a version is swapped in only whole. Version 0 for a set already at
+  MAX_VERSION fails with OUT_OF_RANGE; bytes that are no ParamChunk with
+  INVALID_ARGUMENT, like any malformed stream.
 - `Subscribe(after_version, param_set)`: streams every version of the set newer
   than `after_version` as it lands (waiting for a set not yet published). A slow
   subscriber is not queued a backlog: once it has taken a version it is sent
@@ -54,8 +56,9 @@ from distrl.params.chunks import (
     ChunkStreamError,
     VersionAssembler,
 )
-from distrl.params.names import DEFAULT_PARAM_SET, resolve_param_set
+from distrl.params.names import DEFAULT_PARAM_SET, MAX_VERSION, resolve_param_set
 from distrl.proto.v1 import params_pb2
+from distrl.wire.requests import request_parser
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import DEFAULT_MAX_CONCURRENT_RPCS, BlockingPool, RunningServer, start_server
 
@@ -206,7 +209,8 @@ class ParamServer:
         handlers = {
             "Publish": grpc.stream_unary_rpc_method_handler(
                 self.Publish,
-                request_deserializer=params_pb2.ParamChunk.FromString,
+                # Bytes that do not parse reach the VersionAssembler, which refuses them by name.
+                request_deserializer=request_parser(params_pb2.ParamChunk),
                 response_serializer=params_pb2.PublishResponse.SerializeToString,
             ),
             "Subscribe": grpc.unary_stream_rpc_method_handler(
@@ -426,6 +430,12 @@ class ParamServer:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"version {requested} is not newer than the current version {current} "
                 f"of parameter set {name!r}",
+            )
+        if not requested and current >= MAX_VERSION:
+            # "current + 1" would be a version no subscriber accepts.
+            return (
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"parameter set {name!r} is at version {current}, the highest there is ({MAX_VERSION})",
             )
         return None
 

@@ -12,6 +12,13 @@ from typing import Protocol
 import numpy as np
 
 
+class NoPriorityMass(ValueError):
+    """A prioritized sample from a table whose every stored item has priority 0.
+
+    The shard answers FAILED_PRECONDITION: a priority update has to give an item more first.
+    """
+
+
 class ItemSampler(Protocol):
     name: str
 
@@ -125,7 +132,7 @@ class PrioritizedSampler:
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         total = self._tree.total
         if total <= 0.0:
-            raise ValueError("all stored items have priority 0")
+            raise NoPriorityMass("every stored item has priority 0: nothing to sample until one has more")
         # Stratified: one draw per equal slice of the total mass.
         targets = (np.arange(n) + rng.random(n)) * (total / n)
         slots = self._tree.find(np.minimum(targets, np.nextafter(total, 0.0)))

@@ -142,6 +142,10 @@ class RowLayout:
         for (_, end, _), (start, _, name) in itertools.pairwise(spans):
             if start < end:
                 raise LayoutError(name, "overlaps another column in the row layout")
+        try:  # numpy's own limits (dimensions and sizes of a C int), which a 0-byte column can pass above
+            self.numpy_dtype  # noqa: B018
+        except (ValueError, TypeError) as exc:
+            raise LayoutError("layout", f"numpy cannot lay out these columns: {exc}") from None
 
     def views(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Every column of `rows` ((n, row_bytes) uint8 or (n,) structured) as a view of (n, *shape)."""

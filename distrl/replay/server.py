@@ -7,8 +7,11 @@ turns RPCs into table calls and table errors into status codes:
 - a batch (packed rows or per-field tensors) that does not match the table's
   spec, or whose layout or tensors are malformed -> INVALID_ARGUMENT naming the
   field (nothing of it stored; the stream ends, the shard keeps serving);
+- Insert or UpdatePriorities request bytes that do not parse -> INVALID_ARGUMENT
+  naming the message type (`wire.requests`);
 - a paced Sample call (`credit_id`) that shares its id with an open one -> ALREADY_EXISTS;
 - an unknown table -> NOT_FOUND;
+- a prioritized Sample when every stored item has priority 0 -> FAILED_PRECONDITION;
 - a rate-limiter wait that ran out -> DEADLINE_EXCEEDED saying which side waited;
 - a shard shutting down -> UNAVAILABLE (clients fail over).
 
@@ -39,6 +42,7 @@ import numpy as np
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc
 from distrl.replay.checkpoint import restore_tables, write_checkpoint
 from distrl.replay.config import ReplayShardConfig
+from distrl.replay.item_samplers import NoPriorityMass
 from distrl.replay.messages import decode_transition_batch, encode_sample_batch, encode_table_stats
 from distrl.replay.protocol import DEFAULT_TABLE, REJECTED_FIELD_KEY, SERVICE_NAME
 from distrl.replay.rows import LayoutError, PackedBatch
@@ -47,6 +51,7 @@ from distrl.replay.spec import SpecViolation
 from distrl.replay.stats import TableStats
 from distrl.replay.table import RateLimiterTimeout, Table, TableClosed
 from distrl.wire.codec import TensorDecodeError, decode
+from distrl.wire.requests import MAX_DETAILS, MalformedRequest, header_safe, request_parser
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import BlockingPool, CallGone, RunningServer, start_server
 
@@ -191,7 +196,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         pb = replay_pb2
         handlers = {
             "Insert": grpc.stream_stream_rpc_method_handler(
-                self.Insert, pb.TransitionBatch.FromString, pb.InsertAck.SerializeToString
+                self.Insert, request_parser(pb.TransitionBatch), pb.InsertAck.SerializeToString
             ),
             "Sample": grpc.unary_stream_rpc_method_handler(self.Sample, pb.SampleRequest.FromString, _as_is),
             "GrantSamples": grpc.stream_unary_rpc_method_handler(
@@ -199,7 +204,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             ),
             "UpdatePriorities": grpc.unary_unary_rpc_method_handler(
                 self.UpdatePriorities,
-                pb.UpdatePrioritiesRequest.FromString,
+                request_parser(pb.UpdatePrioritiesRequest),
                 pb.UpdatePrioritiesResponse.SerializeToString,
             ),
             "Info": grpc.unary_unary_rpc_method_handler(
@@ -224,6 +229,8 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         active = self._active(context)
         shard = self.shard
         while (request := await context.read()) is not grpc.aio.EOF:
+            if request.__class__ is MalformedRequest:
+                await _abort_malformed(context, request)
             table = shard.tables.get(request.table or DEFAULT_TABLE)
             if table is None or shard.closing:
                 table = await self._table(request.table, context)  # aborts, naming the problem
@@ -331,6 +338,8 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
                     )
             except RateLimiterTimeout as exc:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"rate limiter: {exc}")
+            except NoPriorityMass as exc:  # priority updates set every item to 0
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"table {table.name!r}: {exc}")
             except TableClosed:
                 await self._abort_closed(context)
                 return
@@ -354,14 +363,16 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             )
 
     async def UpdatePriorities(self, request, context):
+        if request.__class__ is MalformedRequest:
+            await _abort_malformed(context, request)
         table = await self._table(request.table, context)
         try:
             updated = await self._learner.run(_update_priorities, table, request)
         except TensorDecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, header_safe(str(exc), MAX_DETAILS))
         except SpecViolation as exc:
-            context.set_trailing_metadata(((REJECTED_FIELD_KEY, exc.field),))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.set_trailing_metadata(((REJECTED_FIELD_KEY, header_safe(exc.field)),))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, header_safe(str(exc), MAX_DETAILS))
         return replay_pb2.UpdatePrioritiesResponse(updated=updated)
 
     async def Info(self, request, context):
@@ -394,7 +405,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
         try:
             return self.shard.table(name)
         except KeyError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc.args[0]))
+            await context.abort(grpc.StatusCode.NOT_FOUND, header_safe(str(exc.args[0]), MAX_DETAILS))
             raise  # unreachable: abort raises
 
     def _active(self, context) -> Callable[[], bool]:
@@ -529,11 +540,19 @@ class _Undecodable(Exception):
 
 
 async def _abort_rejected(context, request, field_name: str, message: str) -> None:
-    context.set_trailing_metadata(((REJECTED_FIELD_KEY, field_name),))
+    # The field name and the actor id come from the request: made fit for headers.
+    context.set_trailing_metadata(((REJECTED_FIELD_KEY, header_safe(field_name)),))
     await context.abort(
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"batch {request.sequence} from actor {request.actor_id!r} rejected: {message}",
+        header_safe(
+            f"batch {request.sequence} from actor {request.actor_id!r} rejected: {message}", MAX_DETAILS
+        ),
     )
+
+
+async def _abort_malformed(context, request: MalformedRequest) -> None:
+    context.set_trailing_metadata(((REJECTED_FIELD_KEY, "<message>"),))
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
 
 
 @dataclass

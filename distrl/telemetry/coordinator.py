@@ -35,6 +35,7 @@ from distrl.telemetry.console import ConsoleProgress
 from distrl.telemetry.http import read_reader_token
 from distrl.telemetry.sinks import METRICS_FILE, JsonlSink, MetricsSink, PrometheusSink, WandbSink
 from distrl.telemetry.sources import SourceLatest
+from distrl.wire.requests import MalformedRequest, request_parser
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import RunningServer, start_server
 
@@ -98,11 +99,25 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
 
+    def register(self, server: grpc.Server) -> None:
+        # As `add_TelemetryServicer_to_server`, except that bytes that do not parse as a
+        # MetricBatch reach Report, which refuses them by name (not gRPC's UNKNOWN).
+        report = grpc.stream_unary_rpc_method_handler(
+            self.Report,
+            request_deserializer=request_parser(telemetry_pb2.MetricBatch),
+            response_serializer=telemetry_pb2.ReportResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Report": report}),)
+        )
+
     async def Report(self, request_iterator, context):
         # On the server's event loop: ingesting a batch is brief (a lock held for one aggregate
         # update), so an open Report stream costs no thread between batches.
         accepted = 0
         async for batch in request_iterator:
+            if isinstance(batch, MalformedRequest):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch.describe())
             problem = _batch_problem(batch)
             if problem is not None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -214,7 +229,7 @@ class Coordinator:
     # -- serving --------------------------------------------------------------------------------
 
     def register(self, server: grpc.Server) -> None:
-        telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self), server)
+        TelemetryServicer(self).register(server)
 
     # -- input ----------------------------------------------------------------------------------
 

@@ -19,10 +19,12 @@ batches/s with the writers beside the same learner alone, and how many policy
 versions the slowest and fastest subscriber received.
 
 `--soak` runs a real training job instead (`configs/sac_halfcheetah.yaml`, a
-replay table small enough to wrap during warm-up) for `--soak-minutes` (30):
-env steps/s and updates/s over the first 5 minutes after a 5-minute warm-up
-against the last 5, and every component's RSS after warm-up against the end
-(the processes named in RUN_DIR/pids.json).
+10k-item replay table, replay checkpoints every 2 minutes) for `--soak-minutes`
+(30). Warm-up lasts until the table has wrapped and one replay checkpoint has
+been written since. Reported: env steps/s and updates/s over the first 5 minutes
+after warm-up against the last 5, and every component's RSS (the processes named
+in RUN_DIR/pids.json, sampled every 30 s) at the end against the end of warm-up,
+beside a least-squares slope over the samples after warm-up.
 
     python benchmarks/replay_load.py [--quick] [--json out.json] [--seconds 300]
         [--writers 256] [--subscribers 256] [--processes 8] [--learner-rate 200]
@@ -277,6 +279,9 @@ def prefill(shards: list[str], items: int) -> None:
 # -- the soak -----------------------------------------------------------------------------------------
 
 SOAK_WINDOW_S = 300.0
+SOAK_CAPACITY = 10_000  # wraps in a few minutes at a CPU learner's pace
+SOAK_CHECKPOINT_EVERY_S = 120.0  # several replay checkpoints (each copies the table) per soak
+SOAK_RSS_EVERY_S = 30.0
 
 
 def _rates(rows: list[dict], start_s: float, end_s: float) -> tuple[float, float]:
@@ -302,47 +307,87 @@ def _component_rss(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def soak(minutes: float, json_path: Path | None) -> None:
-    warmup_s = min(SOAK_WINDOW_S, minutes * 60 / 6)
+def _wrapped_at(rows: list[dict], capacity: int) -> float | None:
+    """The run's wall time when every replay shard's table first reported itself full."""
+    for row in rows:
+        sizes = {k: v for k, v in row.items() if k.startswith("learner/replay/") and k.endswith("/size")}
+        if sizes and all(v >= capacity for v in sizes.values()):
+            return float(row["wall_time"])
+    return None
+
+
+def _slope_mib_per_10min(series: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, MiB) samples, in MiB per 10 minutes."""
+    t = np.array([s for s, _ in series])
+    y = np.array([m for _, m in series])
+    if len(t) < 3 or np.ptp(t) == 0:
+        return 0.0
+    return float(np.polyfit(t, y, 1)[0] * 600.0)
+
+
+def soak(minutes: float, json_path: Path | None, capacity: int, checkpoint_every_s: float) -> None:
+    """A real run: warm-up lasts until the table has wrapped and one replay checkpoint has been
+    written since (so the table is full size and a checkpoint's copy has been paid for); RSS is
+    sampled every 30 s, and growth is the end over the end of warm-up, beside a fitted slope."""
     window_s = min(SOAK_WINDOW_S, minutes * 60 / 6)
     total_s = minutes * 60
     run_dir = Path(tempfile.mkdtemp(prefix="soak-")) / "run"
     overrides = [
-        "replay.table.capacity=50000",  # wraps during warm-up: RSS after it is the table's full size
+        f"replay.table.capacity={capacity}",
+        f"replay.table.min_size_to_sample={min(5000, capacity // 2)}",
+        f"replay.checkpoint_every_s={checkpoint_every_s:g}",
         "train.total_env_steps=100000000",
         "learner.checkpoint_every=5000",
         "telemetry.report_every_s=5",
     ]
     run = start_train(ROOT / "configs" / "sac_halfcheetah.yaml", run_dir, overrides)
-    print(f"soak: {run_dir} for {minutes:g} min (warm-up {warmup_s:.0f}s)", flush=True)
+    print(f"soak: {run_dir} for {minutes:g} min", flush=True)
     started = time.monotonic()
-    rss_warm: dict[str, float] = {}
+    series: dict[str, list[tuple[float, float]]] = {}
+    warm_end_s: float | None = None  # run wall time when warm-up ended
     try:
         while (elapsed := time.monotonic() - started) < total_s:
             if run.proc.poll() is not None:
                 raise SystemExit(f"the soak run exited with {run.proc.returncode}; see {run_dir / 'logs'}")
-            if not rss_warm and elapsed >= warmup_s:
-                rss_warm = _component_rss(run_dir)
-            time.sleep(min(30.0, total_s - elapsed))
+            time.sleep(min(SOAK_RSS_EVERY_S, total_s - elapsed))
             rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
+            wall = rows[-1]["wall_time"] if rows else 0.0
+            if (run_dir / "pids.json").exists():
+                for name, mib in _component_rss(run_dir).items():
+                    series.setdefault(name, []).append((wall, mib))
+            if warm_end_s is None and (wrapped := _wrapped_at(rows, capacity)) is not None:
+                warm_end_s = wrapped + checkpoint_every_s + SOAK_RSS_EVERY_S
             last = rows[-1] if rows else {}
+            state = "warm-up" if warm_end_s is None or wall < warm_end_s else "measuring"
             print(
-                f"  {(time.monotonic() - started) / 60:5.1f} min  env steps {last.get('env_steps', 0):,}  "
-                f"updates {last.get('updates', 0):,}",
+                f"  {(time.monotonic() - started) / 60:5.1f} min  {state:9s} env steps "
+                f"{last.get('env_steps', 0):,}  updates {last.get('updates', 0):,}",
                 flush=True,
             )
-        rss_end = _component_rss(run_dir)
     finally:
         run.proc.send_signal(2)  # SIGINT: a clean stop
         run.proc.wait(120)
     rows = read_metrics(run_dir)
     end_wall = rows[-1]["wall_time"]
-    steps_first, updates_first = _rates(rows, warmup_s, warmup_s + window_s)
+    if warm_end_s is None or end_wall - warm_end_s < 2 * window_s:
+        raise SystemExit(f"the table did not wrap early enough to measure (warm-up ended at {warm_end_s})")
+    steps_first, updates_first = _rates(rows, warm_end_s, warm_end_s + window_s)
     steps_last, updates_last = _rates(rows, end_wall - window_s, end_wall)
-    growth = {name: rss_end[name] / rss_warm[name] for name in rss_warm if name in rss_end}
+    growth, slope, warm_rss, end_rss = {}, {}, {}, {}
+    for name, points in series.items():
+        after = [(t, m) for t, m in points if t >= warm_end_s]
+        if len(after) < 2:
+            continue
+        warm_rss[name], end_rss[name] = after[0][1], after[-1][1]
+        growth[name] = end_rss[name] / warm_rss[name]
+        slope[name] = _slope_mib_per_10min(after)
     worst = max(growth, key=growth.get)
+    print(f"  warm-up ended {warm_end_s:.0f}s into the run (table wrapped + one replay checkpoint)")
     for name in sorted(growth):
-        print(f"  RSS {name:12s} {rss_warm[name]:8.1f} -> {rss_end[name]:8.1f} MiB")
+        print(
+            f"  RSS {name:12s} {warm_rss[name]:8.1f} -> {end_rss[name]:8.1f} MiB"
+            f"  (fit: {slope[name]:+.2f} MiB / 10 min)"
+        )
     first = "first window after warm-up"
     results = [
         Result("soak/env_steps_per_s_last", steps_last, "env steps/s", first, steps_first),
@@ -351,9 +396,18 @@ def soak(minutes: float, json_path: Path | None) -> None:
             "soak/rss_growth_max", growth[worst], f"end / after warm-up ({worst})", "no growth", 1.0,
             lower_is_better=True, baseline_kind="target",
         ),
+        Result("soak/rss_slope_max", max(slope.values()), "MiB per 10 min (largest fitted slope)"),
     ]  # fmt: skip
     print_table(results, f"soak: a real SAC HalfCheetah run for {minutes:g} min")
-    config = {"minutes": minutes, "overrides": overrides, "rss_after_warmup": rss_warm, "rss_end": rss_end}
+    config = {
+        "minutes": minutes,
+        "overrides": overrides,
+        "warmup_end_wall_s": warm_end_s,
+        "rss_after_warmup": warm_rss,
+        "rss_end": end_rss,
+        "rss_slope_mib_per_10min": slope,
+        "rss_series": {name: [[round(t, 1), round(m, 1)] for t, m in pts] for name, pts in series.items()},
+    }
     write_json(json_path, "replay_load_soak", config, results)
 
 
@@ -380,7 +434,10 @@ def main() -> None:
         writer_process_main(*args.writer_process)
         return
     if args.soak:
-        soak(3.0 if args.quick else args.soak_minutes, args.json)
+        if args.quick:  # a smoke test of the mechanics: a table that wraps in seconds
+            soak(3.0, args.json, capacity=1000, checkpoint_every_s=20.0)
+        else:
+            soak(args.soak_minutes, args.json, SOAK_CAPACITY, SOAK_CHECKPOINT_EVERY_S)
         return
     if args.quick:
         args.seconds, args.writers, args.subscribers, args.processes = 20.0, 32, 32, 2

@@ -129,6 +129,33 @@ def test_admin_may_call_everything_and_strangers_nothing(servers):
             assert _call(servers[service], service, method, token) == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_bytes_that_do_not_parse_are_refused_by_name_on_every_call(servers):
+    """Not gRPC's UNKNOWN (which a client cannot tell from a crash): INVALID_ARGUMENT naming the type."""
+    garbage = b"\x0a\xff\xff\xff"  # field 1, a length past the end
+    channel_for = {s: open_channel(a, SecurityConfig(token=TOKENS["admin"])) for s, a in servers.items()}
+    try:
+        for service, method in _methods():
+            channel = channel_for[service]
+            kinds = {
+                (False, False): channel.unary_unary,
+                (False, True): channel.unary_stream,
+                (True, False): channel.stream_unary,
+                (True, True): channel.stream_stream,
+            }
+            rpc = kinds[(method.client_streaming, method.server_streaming)](
+                f"/distrl.v1.{service}/{method.name}", request_serializer=None, response_deserializer=None
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                result = rpc(iter([garbage]) if method.client_streaming else garbage, timeout=5.0)
+                if method.server_streaming:
+                    list(result)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method.name, err.value.details())
+            assert f"is not a valid {method.input_type.full_name}" in err.value.details(), method.name
+    finally:
+        for channel in channel_for.values():
+            channel.close()
+
+
 def test_actor_token_cannot_publish_weights_or_change_priorities(servers):
     """Through the real clients: the refusals are named, and the refused publish does not land."""
     actor_security, learner_security = (SecurityConfig(token=TOKENS[r]) for r in ("actor", "learner"))

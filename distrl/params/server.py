@@ -58,7 +58,7 @@ from distrl.params.chunks import (
 )
 from distrl.params.names import DEFAULT_PARAM_SET, MAX_VERSION, resolve_param_set
 from distrl.proto.v1 import params_pb2
-from distrl.wire.requests import request_parser
+from distrl.wire.requests import refusing_malformed, request_parser
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import DEFAULT_MAX_CONCURRENT_RPCS, BlockingPool, RunningServer, start_server
 
@@ -214,18 +214,18 @@ class ParamServer:
                 response_serializer=params_pb2.PublishResponse.SerializeToString,
             ),
             "Subscribe": grpc.unary_stream_rpc_method_handler(
-                self.Subscribe,
-                request_deserializer=params_pb2.SubscribeRequest.FromString,
+                refusing_malformed(self.Subscribe),
+                request_deserializer=request_parser(params_pb2.SubscribeRequest),
                 response_serializer=_already_serialized,
             ),
             "Fetch": grpc.unary_stream_rpc_method_handler(
-                self.Fetch,
-                request_deserializer=params_pb2.FetchRequest.FromString,
+                refusing_malformed(self.Fetch),
+                request_deserializer=request_parser(params_pb2.FetchRequest),
                 response_serializer=_already_serialized,
             ),
             "Info": grpc.unary_unary_rpc_method_handler(
-                self.Info,
-                request_deserializer=params_pb2.ParamsInfoRequest.FromString,
+                refusing_malformed(self.Info),
+                request_deserializer=request_parser(params_pb2.ParamsInfoRequest),
                 response_serializer=params_pb2.ParamsInfoResponse.SerializeToString,
             ),
         }

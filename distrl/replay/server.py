@@ -51,7 +51,14 @@ from distrl.replay.spec import SpecViolation
 from distrl.replay.stats import TableStats
 from distrl.replay.table import RateLimiterTimeout, Table, TableClosed
 from distrl.wire.codec import TensorDecodeError, decode
-from distrl.wire.requests import MAX_DETAILS, MalformedRequest, header_safe, request_parser
+from distrl.wire.requests import (
+    MAX_DETAILS,
+    MalformedRequest,
+    header_safe,
+    refuse_if_malformed,
+    refusing_malformed,
+    request_parser,
+)
 from distrl.wire.security import KeepaliveConfig, SecurityConfig
 from distrl.wire.server import BlockingPool, CallGone, RunningServer, start_server
 
@@ -198,9 +205,11 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
             "Insert": grpc.stream_stream_rpc_method_handler(
                 self.Insert, request_parser(pb.TransitionBatch), pb.InsertAck.SerializeToString
             ),
-            "Sample": grpc.unary_stream_rpc_method_handler(self.Sample, pb.SampleRequest.FromString, _as_is),
+            "Sample": grpc.unary_stream_rpc_method_handler(
+                refusing_malformed(self.Sample), request_parser(pb.SampleRequest), _as_is
+            ),
             "GrantSamples": grpc.stream_unary_rpc_method_handler(
-                self.GrantSamples, pb.SampleGrant.FromString, pb.GrantSamplesResponse.SerializeToString
+                self.GrantSamples, request_parser(pb.SampleGrant), pb.GrantSamplesResponse.SerializeToString
             ),
             "UpdatePriorities": grpc.unary_unary_rpc_method_handler(
                 self.UpdatePriorities,
@@ -208,10 +217,14 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
                 pb.UpdatePrioritiesResponse.SerializeToString,
             ),
             "Info": grpc.unary_unary_rpc_method_handler(
-                self.Info, pb.InfoRequest.FromString, pb.InfoResponse.SerializeToString
+                refusing_malformed(self.Info),
+                request_parser(pb.InfoRequest),
+                pb.InfoResponse.SerializeToString,
             ),
             "Checkpoint": grpc.unary_unary_rpc_method_handler(
-                self.Checkpoint, pb.CheckpointRequest.FromString, pb.CheckpointResponse.SerializeToString
+                refusing_malformed(self.Checkpoint),
+                request_parser(pb.CheckpointRequest),
+                pb.CheckpointResponse.SerializeToString,
             ),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -313,6 +326,7 @@ class ReplayServicer(replay_pb2_grpc.ReplayServicer):
 
     async def GrantSamples(self, request_iterator, context):
         async for grant in request_iterator:
+            await refuse_if_malformed(grant, context)
             if grant.num_batches < 0:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"num_batches must be >= 0, got {grant.num_batches}"

@@ -11,10 +11,13 @@ request, say) fit in one.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf.message import DecodeError
 
 # Longest text from a request that a metadata value repeats, and longest status detail (headers are small).
@@ -61,3 +64,28 @@ def header_safe(text: str, limit: int = MAX_HEADER_TEXT) -> str:
         escaped = "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in text)
         cut, text = cut or len(escaped) > limit, escaped[:limit]
     return text + "..." if cut else text
+
+
+async def refuse_if_malformed(request: Any, context: Any) -> None:
+    """End the call INVALID_ARGUMENT if `request` is a MalformedRequest (its bytes did not parse)."""
+    if isinstance(request, MalformedRequest):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, header_safe(request.describe(), MAX_DETAILS))
+
+
+def refusing_malformed(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """A unary-request async handler (coroutine or async generator) that first refuses unparseable
+    bytes; register it with `request_parser` as the deserializer."""
+    if inspect.isasyncgenfunction(handler):
+
+        async def stream(request: Any, context: Any) -> Any:
+            await refuse_if_malformed(request, context)
+            async for response in handler(request, context):
+                yield response
+
+        return functools.wraps(handler)(stream)
+
+    async def call(request: Any, context: Any) -> Any:
+        await refuse_if_malformed(request, context)
+        return await handler(request, context)
+
+    return functools.wraps(handler)(call)

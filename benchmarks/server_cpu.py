@@ -1,0 +1,152 @@
+"""A replay shard's CPU per message: this checkout's server on uvloop and on asyncio's loop,
+beside another checkout's (`--baseline-checkout`, e.g. a worktree of an older commit).
+
+Each server is `distrl serve replay` in its own process (its code from its own checkout);
+clients in this process insert HalfCheetah-sized batches of 64 through `ReplayWriter`s
+(two writer threads) and then sample batches of 256, for `--seconds` each. The servers
+take turns in rotating order each round, so a busy spell on a shared machine does not
+fall on one of them, and the medians over the rounds are reported: the server process's
+CPU time (user + system, /proc/PID/stat) per insert batch and per sample batch.
+
+    git worktree add /tmp/base <older commit>
+    python benchmarks/server_cpu.py [--quick] [--json out.json] [--rounds 9] [--baseline-checkout /tmp/base]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from common import Result, parser, print_table, write_json
+from replay_throughput import transitions
+
+from distrl.replay.client import ReplayClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_shard(checkout: Path, loop: str) -> tuple[subprocess.Popen, str]:
+    """`distrl serve replay` from `checkout`'s code, its server loop `loop` (uvloop | asyncio)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(checkout),
+        "MUJOCO_GL": "disable",
+        "GRPC_VERBOSITY": "ERROR",
+        "DISTRL_SERVER_LOOP": loop,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distrl.cli", "serve", "replay", "--port", "0", "--capacity", "2000000"],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"the shard from {checkout} did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_insert(client: ReplayClient, pid: int, batch: dict, seconds: float, tag: str) -> float:
+    """Server CPU microseconds per insert batch, two writer threads streaming for `seconds`."""
+    sent = [0, 0]
+    stop = time.monotonic() + seconds
+
+    def write(i: int) -> None:
+        writer = client.writer(f"{tag}-{i}")
+        while time.monotonic() < stop:
+            writer.insert(batch)
+            sent[i] += 1
+        writer.flush(30)
+
+    before = cpu_s(pid)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (cpu_s(pid) - before) / sum(sent) * 1e6
+
+
+def measure_sample(client: ReplayClient, pid: int, seconds: float) -> float:
+    """Server CPU microseconds per sampled batch of 256."""
+    before, batches = cpu_s(pid), 0
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        client.sample(256, timeout=10)
+        batches += 1
+    return (cpu_s(pid) - before) / batches * 1e6
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
+    p.add_argument("--baseline-checkout", type=Path, help="a checkout whose server is the baseline")
+    args = p.parse_args()
+    rounds, seconds = (2, 1.0) if args.quick else (args.rounds, args.seconds)
+    servers = {"uvloop": start_shard(ROOT, "uvloop"), "asyncio": start_shard(ROOT, "asyncio")}
+    if args.baseline_checkout is not None:
+        servers["baseline"] = start_shard(args.baseline_checkout.resolve(), "asyncio")
+    clients = {name: ReplayClient([address]) for name, (_, address) in servers.items()}
+    batch = transitions(64, np.random.default_rng(0))
+    insert: dict[str, list[float]] = {name: [] for name in servers}
+    sample: dict[str, list[float]] = {name: [] for name in servers}
+    try:
+        for name, client in clients.items():  # something to sample
+            writer = client.writer(f"prefill-{name}")
+            for _ in range(200):
+                writer.insert(batch)
+            writer.flush(30)
+        names = list(servers)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                pid = servers[name][0].pid
+                insert[name].append(measure_insert(clients[name], pid, batch, seconds, f"r{r}-{name}"))
+                sample[name].append(measure_sample(clients[name], pid, seconds))
+            print(f"  round {r + 1}/{rounds}", flush=True)
+    finally:
+        for client in clients.values():
+            client.close()
+        for proc, _ in servers.values():
+            proc.kill()
+    med = {
+        kind: {n: float(np.median(v)) for n, v in d.items()}
+        for kind, d in (("insert", insert), ("sample", sample))
+    }
+    results = []
+    for kind in ("insert", "sample"):
+        unit = f"server CPU µs per {kind} batch"
+        results.append(
+            Result(f"{kind}/uvloop_us", med[kind]["uvloop"], unit, "asyncio loop", med[kind]["asyncio"], True)
+        )
+        if "baseline" in servers:
+            results.append(
+                Result(f"{kind}/uvloop_vs_baseline_us", med[kind]["uvloop"], unit, "baseline checkout",
+                       med[kind]["baseline"], True)
+            )  # fmt: skip
+    print_table(results, f"replay shard CPU per message, medians of {rounds} rounds")
+    config = {
+        "rounds": rounds,
+        "seconds": seconds,
+        "baseline_checkout": str(args.baseline_checkout) if args.baseline_checkout else None,
+        "insert_us_rounds": insert,
+        "sample_us_rounds": sample,
+    }
+    write_json(args.json, "server_cpu", config, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,15 @@
-"""A replay shard's CPU per message: this checkout's server on uvloop and on asyncio's loop,
-beside another checkout's (`--baseline-checkout`, e.g. a worktree of an older commit).
+"""A replay shard's CPU per message: this checkout's server as configured by default (uvloop,
+cumulative acks that wait up to 2 ms), with acks at once (`--ack-delay-ms 0`), and on asyncio's
+loop, beside another checkout's (`--baseline-checkout`, e.g. a worktree of an older commit).
 
 Each server is `distrl serve replay` in its own process (its code from its own checkout);
 clients in this process insert HalfCheetah-sized batches of 64 through `ReplayWriter`s
 (two writer threads) and then sample batches of 256, for `--seconds` each. The servers
 take turns in rotating order each round, so a busy spell on a shared machine does not
 fall on one of them, and the medians over the rounds are reported: the server process's
-CPU time (user + system, /proc/PID/stat) per insert batch and per sample batch.
+CPU time (user + system, /proc/PID/stat) per insert batch and per sample batch, and the
+insert batches/s the two writers reached (the writers send as fast as their window of 8
+unacked batches allows, so a slower ack shows there).
 
     git worktree add /tmp/base <older commit>
     python benchmarks/server_cpu.py [--quick] [--json out.json] [--rounds 9] [--baseline-checkout /tmp/base]
@@ -30,7 +33,7 @@ from distrl.replay.client import ReplayClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_shard(checkout: Path, loop: str) -> tuple[subprocess.Popen, str]:
+def start_shard(checkout: Path, loop: str, *args: str) -> tuple[subprocess.Popen, str]:
     """`distrl serve replay` from `checkout`'s code, its server loop `loop` (uvloop | asyncio)."""
     env = {
         **os.environ,
@@ -40,7 +43,18 @@ def start_shard(checkout: Path, loop: str) -> tuple[subprocess.Popen, str]:
         "DISTRL_SERVER_LOOP": loop,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distrl.cli", "serve", "replay", "--port", "0", "--capacity", "2000000"],
+        [
+            sys.executable,
+            "-m",
+            "distrl.cli",
+            "serve",
+            "replay",
+            "--port",
+            "0",
+            "--capacity",
+            "2000000",
+            *args,
+        ],
         cwd=checkout,
         env=env,
         stdout=subprocess.PIPE,
@@ -59,8 +73,10 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_insert(client: ReplayClient, pid: int, batch: dict, seconds: float, tag: str) -> float:
-    """Server CPU microseconds per insert batch, two writer threads streaming for `seconds`."""
+def measure_insert(
+    client: ReplayClient, pid: int, batch: dict, seconds: float, tag: str
+) -> tuple[float, float]:
+    """Server CPU microseconds per insert batch and batches/s, two writer threads streaming for `seconds`."""
     sent = [0, 0]
     stop = time.monotonic() + seconds
 
@@ -71,13 +87,13 @@ def measure_insert(client: ReplayClient, pid: int, batch: dict, seconds: float, 
             sent[i] += 1
         writer.flush(30)
 
-    before = cpu_s(pid)
+    before, start = cpu_s(pid), time.monotonic()
     threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return (cpu_s(pid) - before) / sum(sent) * 1e6
+    return (cpu_s(pid) - before) / sum(sent) * 1e6, sum(sent) / (time.monotonic() - start)
 
 
 def measure_sample(client: ReplayClient, pid: int, seconds: float) -> float:
@@ -97,13 +113,18 @@ def main() -> None:
     p.add_argument("--baseline-checkout", type=Path, help="a checkout whose server is the baseline")
     args = p.parse_args()
     rounds, seconds = (2, 1.0) if args.quick else (args.rounds, args.seconds)
-    servers = {"uvloop": start_shard(ROOT, "uvloop"), "asyncio": start_shard(ROOT, "asyncio")}
+    servers = {
+        "default": start_shard(ROOT, "uvloop"),
+        "acks_at_once": start_shard(ROOT, "uvloop", "--ack-delay-ms", "0"),
+        "asyncio": start_shard(ROOT, "asyncio"),
+    }
     if args.baseline_checkout is not None:
         servers["baseline"] = start_shard(args.baseline_checkout.resolve(), "asyncio")
     clients = {name: ReplayClient([address]) for name, (_, address) in servers.items()}
     batch = transitions(64, np.random.default_rng(0))
     insert: dict[str, list[float]] = {name: [] for name in servers}
     sample: dict[str, list[float]] = {name: [] for name in servers}
+    insert_rate: dict[str, list[float]] = {name: [] for name in servers}
     try:
         for name, client in clients.items():  # something to sample
             writer = client.writer(f"prefill-{name}")
@@ -114,7 +135,9 @@ def main() -> None:
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 pid = servers[name][0].pid
-                insert[name].append(measure_insert(clients[name], pid, batch, seconds, f"r{r}-{name}"))
+                us, rate = measure_insert(clients[name], pid, batch, seconds, f"r{r}-{name}")
+                insert[name].append(us)
+                insert_rate[name].append(rate)
                 sample[name].append(measure_sample(clients[name], pid, seconds))
             print(f"  round {r + 1}/{rounds}", flush=True)
     finally:
@@ -124,25 +147,51 @@ def main() -> None:
             proc.kill()
     med = {
         kind: {n: float(np.median(v)) for n, v in d.items()}
-        for kind, d in (("insert", insert), ("sample", sample))
+        for kind, d in (("insert", insert), ("sample", sample), ("insert_rate", insert_rate))
     }
     results = []
     for kind in ("insert", "sample"):
         unit = f"server CPU µs per {kind} batch"
+        m = med[kind]
         results.append(
-            Result(f"{kind}/uvloop_us", med[kind]["uvloop"], unit, "asyncio loop", med[kind]["asyncio"], True)
+            Result(f"{kind}/default_us", m["default"], unit, "acks at once", m["acks_at_once"], True)
+        )
+        results.append(
+            Result(f"{kind}/uvloop_vs_asyncio_us", m["default"], unit, "asyncio loop", m["asyncio"], True)
         )
         if "baseline" in servers:
             results.append(
-                Result(f"{kind}/uvloop_vs_baseline_us", med[kind]["uvloop"], unit, "baseline checkout",
-                       med[kind]["baseline"], True)
-            )  # fmt: skip
+                Result(
+                    f"{kind}/default_vs_baseline_us",
+                    m["default"],
+                    unit,
+                    "baseline checkout",
+                    m["baseline"],
+                    True,
+                )
+            )
+    unit = "insert batches/s (2 writers)"
+    rate = med["insert_rate"]
+    results.append(
+        Result("insert/default_batches_per_s", rate["default"], unit, "acks at once", rate["acks_at_once"])
+    )
+    if "baseline" in servers:
+        results.append(
+            Result(
+                "insert/default_vs_baseline_batches_per_s",
+                rate["default"],
+                unit,
+                "baseline checkout",
+                rate["baseline"],
+            )
+        )
     print_table(results, f"replay shard CPU per message, medians of {rounds} rounds")
     config = {
         "rounds": rounds,
         "seconds": seconds,
         "baseline_checkout": str(args.baseline_checkout) if args.baseline_checkout else None,
         "insert_us_rounds": insert,
+        "insert_batches_per_s_rounds": insert_rate,
         "sample_us_rounds": sample,
     }
     write_json(args.json, "server_cpu", config, results)

@@ -83,6 +83,9 @@ class ReplayConfig(_Strict):
     )
     prefetch: int = Field(4, ge=1, description="learner batches fetched ahead")
     checkpoint_every_s: float | None = Field(600.0, gt=0)
+    ack_delay_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="an insert ack waits this long to cover later batches too"
+    )
 
 
 class LearnerConfig(_Strict):

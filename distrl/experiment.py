@@ -14,7 +14,7 @@ import gymnasium
 from distrl.algos import SpaceSpec, TransitionField, demo_flag_field, transition_fields
 from distrl.config import ExperimentConfig
 from distrl.envs import EnvConfig, env_spec, make_env
-from distrl.replay.config import FieldSpecConfig, TableConfig
+from distrl.replay.config import FieldSpecConfig, ReplayShardConfig, TableConfig
 
 
 def space_of(env: gymnasium.Env) -> SpaceSpec:
@@ -85,3 +85,14 @@ def replay_table_config(config: ExperimentConfig, space: SpaceSpec | None = None
         f.name: FieldSpecConfig(dtype=f.dtype, shape=list(f.shape)) for f in experiment_fields(config, space)
     }
     return table.model_copy(update={"spec": spec})
+
+
+def replay_shard_config(config: ExperimentConfig, run_dir: Path, index: int) -> ReplayShardConfig:
+    """Shard `index` of a run as the local and Ray launchers start it (checkpoints under the run)."""
+    return ReplayShardConfig(
+        tables=[replay_table_config(config)],
+        checkpoint_dir=run_dir / "replay" / f"shard-{index}",
+        checkpoint_every_s=config.replay.checkpoint_every_s,
+        seed=config.seed * 1000 + index,
+        ack_delay_ms=config.replay.ack_delay_ms,
+    )

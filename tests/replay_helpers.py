@@ -43,11 +43,24 @@ def check_rows(fields: dict[str, np.ndarray]) -> np.ndarray:
     return ids
 
 
+def acked(acks) -> list[tuple[int, bool]]:
+    """(sequence, stored) of every batch a stream's cumulative acks cover (consecutive sequences)."""
+    out = []
+    for ack in acks:
+        n = ack.batches or 1
+        resent = set(ack.resent)
+        for sequence in range(ack.sequence - n + 1, ack.sequence + 1):
+            out.append((sequence, sequence not in resent if ack.batches else ack.stored))
+    return out
+
+
 @contextlib.contextmanager
 def shard(**table_kwargs) -> Iterator[tuple[ReplayShard, ReplayServer]]:
     """An in-process shard with one table, stopped afterwards."""
     shard_kwargs = {
-        k: table_kwargs.pop(k) for k in ("checkpoint_dir", "checkpoint_every_s", "seed") if k in table_kwargs
+        k: table_kwargs.pop(k)
+        for k in ("checkpoint_dir", "checkpoint_every_s", "seed", "ack_delay_ms")
+        if k in table_kwargs
     }
     config = ReplayShardConfig(tables=[TableConfig(**table_kwargs)], **shard_kwargs)
     s, running = serve_replay_shard(config)

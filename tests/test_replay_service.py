@@ -15,7 +15,17 @@ import grpc
 import numpy as np
 import pytest
 import zstandard
-from replay_helpers import OBS, batch, check_rows, shard, start_cli_shard, stop_process, table_ids, wait_for
+from replay_helpers import (
+    OBS,
+    acked,
+    batch,
+    check_rows,
+    shard,
+    start_cli_shard,
+    stop_process,
+    table_ids,
+    wait_for,
+)
 
 from distrl.proto.v1 import replay_pb2, replay_pb2_grpc, tensor_pb2
 from distrl.replay.checkpoint import list_checkpoints, read_checkpoint
@@ -66,10 +76,9 @@ def test_insert_then_sample_returns_stored_rows(stub_for):
             _request(range(i * 10, i * 10 + 10), sequence=i + 1, policy_version=100 + i) for i in range(5)
         ]
         acks = list(stub.Insert(iter(requests), timeout=10))
-        assert [(a.actor_id, a.sequence, a.stored) for a in acks] == [
-            ("actor-0", i + 1, True) for i in range(5)
-        ]
-        assert [a.table_size for a in acks] == [10, 20, 30, 40, 50]
+        # Acks are cumulative: together they cover every batch, the last one at table size 50.
+        assert acked(acks) == [(i + 1, True) for i in range(5)]
+        assert {a.actor_id for a in acks} == {"actor-0"} and acks[-1].table_size == 50
 
         chunks = _sample(stub, batch_size=64, num_batches=3)
         assert len(chunks) == 3
@@ -227,8 +236,8 @@ def test_bad_batch_is_rejected_naming_the_field_and_the_shard_keeps_serving(stub
             assert named in batch([0]) and "items while other fields have" in details
         else:
             assert named == field
-        # Everything acked before the bad batch stays; nothing of it or after it was stored.
-        assert [a.sequence for a in acks] == [1, 2]
+        # Everything before the bad batch is acked and stays; nothing of it or after it was stored.
+        assert acked(acks) == [(1, True), (2, True)]
         info = _info(stub)
         assert info.size == 20
         assert info.rejected_batches == 1
@@ -290,7 +299,7 @@ def test_resend_after_reconnect_is_acked_but_not_stored_twice(stub_for):
         second = list(
             stub.Insert(iter([_request(range(i * 10, i * 10 + 10), i + 1) for i in range(1, 5)]), timeout=5)
         )
-        assert [(a.sequence, a.stored) for a in second] == [(2, False), (3, False), (4, True), (5, True)]
+        assert acked(second) == [(2, False), (3, False), (4, True), (5, True)]
         assert sorted(table_ids(s)) == list(range(50))
         info = _info(stub)
         assert (info.inserted_batches, info.duplicate_batches) == (5, 2)
@@ -344,12 +353,15 @@ def test_insert_waits_for_samples_and_is_released_by_sampling(stub_for):
         reader.start()
         for i in range(4):
             requests.put(_request(range(i * 10, i * 10 + 10), i + 1))
-        assert [acks.get(timeout=5).sequence for _ in range(3)] == [1, 2, 3]
+        first = [acks.get(timeout=5)]
+        while first[-1].sequence < 3:
+            first.append(acks.get(timeout=5))
+        assert acked(first) == [(1, True), (2, True), (3, True)]
         with pytest.raises(queue.Empty):
             acks.get(timeout=0.4)  # the 4th batch is held back: inserts are ahead of samples
         assert _info(stub).size == 30
         _sample(stub, 20)
-        assert acks.get(timeout=5).sequence == 4  # released by the samples
+        assert acked([acks.get(timeout=5)]) == [(4, True)]  # released by the samples
         requests.put(None)
         reader.join(5)
         info = _info(stub)

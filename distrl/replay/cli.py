@@ -129,6 +129,7 @@ def shard_values_from_experiment(path: Path, checkpointing: bool) -> dict[str, A
         "tables": [replay_table_config(experiment).model_dump(mode="json")],
         "checkpoint_every_s": experiment.replay.checkpoint_every_s if checkpointing else None,
         "seed": experiment.seed * 1000 + _pod_ordinal(),
+        "ack_delay_ms": experiment.replay.ack_delay_ms,
     }
 
 
@@ -174,6 +175,12 @@ def serve_replay(
         typer.Option("--checkpoint-every-s", help="checkpoint periodically (needs --checkpoint-dir)"),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="sampling seed")] = None,
+    ack_delay_ms: Annotated[
+        float | None,
+        typer.Option(
+            "--ack-delay-ms", help="an insert ack waits this long to cover later batches (0: at once)"
+        ),
+    ] = None,
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     role_tokens_dir: RoleTokensDirOpt = None,
@@ -214,6 +221,7 @@ def serve_replay(
                 "checkpoint_dir": checkpoint_dir,
                 "checkpoint_every_s": checkpoint_every_s,
                 "seed": seed,
+                "ack_delay_ms": ack_delay_ms,
             },
         )
     except ValueError as exc:

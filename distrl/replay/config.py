@@ -70,6 +70,12 @@ class ReplayShardConfig(BaseModel):
     checkpoint_every_s: float | None = Field(None, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
     seed: int | None = None
+    ack_delay_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=1000.0,
+        description="longest an insert ack waits so later batches on its stream share it (0: at once)",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> ReplayShardConfig:

@@ -334,15 +334,20 @@ class ReplayWriter:
         with self._cond:
             if stream is not self._stream:
                 return
+            # Acks are cumulative: this one covers every unacked batch up to its sequence.
             unacked = self._unacked
+            covered = 0
+            resent = set(ack.resent) if ack.resent else ()
+            ledger = self._ledger
             while unacked and unacked[0].sequence <= ack.sequence:
-                unacked.popleft()
-            if self._ledger is not None:
-                self._ledger.acked(stream.shard.index, ack.sequence, ack.stored)
-            if ack.stored:
-                self._stats.stored += 1
-            else:
-                self._stats.duplicates += 1
+                sequence = unacked.popleft().sequence
+                covered += 1
+                if ledger is not None:
+                    stored = sequence not in resent and (sequence != ack.sequence or ack.stored)
+                    ledger.acked(stream.shard.index, sequence, stored)
+            duplicates = len(resent) if ack.batches else int(not ack.stored)
+            self._stats.stored += max(covered - duplicates, 0)
+            self._stats.duplicates += duplicates
             self._stats.table_size = ack.table_size
             self._failures_since_ack = 0
             self._cond.notify_all()

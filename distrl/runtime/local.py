@@ -26,8 +26,7 @@ import yaml
 
 from distrl.config import ExperimentConfig
 from distrl.envs.render import headless_gl_backend
-from distrl.experiment import replay_table_config
-from distrl.replay.config import ReplayShardConfig
+from distrl.experiment import replay_shard_config
 from distrl.runtime import scaling
 from distrl.runtime.process import ChildProcess, ComponentFailed, distrl_argv
 from distrl.runtime.run import CONFIG_FILE, RunResult, coordinated_run, finished_reason, prepare_run_dir
@@ -108,12 +107,7 @@ class LocalLauncher:
         host = cfg.network.host
         shards = []
         for k in range(cfg.replay.num_shards):
-            shard_cfg = ReplayShardConfig(
-                tables=[replay_table_config(cfg)],
-                checkpoint_dir=self.run_dir / "replay" / f"shard-{k}",
-                checkpoint_every_s=cfg.replay.checkpoint_every_s,
-                seed=cfg.seed * 1000 + k,
-            )
+            shard_cfg = replay_shard_config(cfg, self.run_dir, k)
             path = self.run_dir / "replay" / f"shard-{k}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(shard_cfg.model_dump(mode="json"), sort_keys=False))

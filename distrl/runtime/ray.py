@@ -46,8 +46,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from distrl.config import ExperimentConfig, RayConfig
-from distrl.experiment import replay_table_config
-from distrl.replay.config import ReplayShardConfig
+from distrl.experiment import replay_shard_config
 from distrl.runtime import scaling
 from distrl.runtime.process import ComponentFailed
 from distrl.runtime.ray_components import (
@@ -250,14 +249,7 @@ class RayLauncher:
         return component
 
     def _shard_data(self, k: int) -> dict[str, Any]:
-        cfg = self.config
-        shard = ReplayShardConfig(
-            tables=[replay_table_config(cfg)],
-            checkpoint_dir=self.run_dir / "replay" / f"shard-{k}",
-            checkpoint_every_s=cfg.replay.checkpoint_every_s,
-            seed=cfg.seed * 1000 + k,
-        )
-        return shard.model_dump(mode="json")
+        return replay_shard_config(self.config, self.run_dir, k).model_dump(mode="json")
 
     def _start_servers(self) -> None:
         for k in range(self.config.replay.num_shards):

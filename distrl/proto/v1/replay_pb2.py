@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from distrl.proto.v1 import tensor_pb2 as distrl_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64istrl/v1/replay.proto\x12\tdistrl.v1\x1a\x16\x64istrl/v1/tensor.proto\"\xb2\x02\n\x0fTransitionBatch\x12\r\n\x05table\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x36\n\x06\x66ields\x18\x05 \x03(\x0b\x32&.distrl.v1.TransitionBatch.FieldsEntry\x12\x1f\n\x04rows\x18\x06 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12$\n\x06layout\x18\x07 \x01(\x0b\x32\x14.distrl.v1.RowLayout\x12\x13\n\x0bincarnation\x18\x08 \x01(\x0c\x1a@\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.distrl.v1.Tensor:\x02\x38\x01\"E\n\tRowLayout\x12\x11\n\trow_bytes\x18\x01 \x01(\x03\x12%\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x14.distrl.v1.RowColumn\"Y\n\tRowColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.distrl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\"S\n\tInsertAck\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06stored\x18\x03 \x01(\x08\x12\x12\n\ntable_size\x18\x04 \x01(\x03\"\x94\x01\n\rSampleRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x13\n\x0bnum_batches\x18\x03 \x01(\x03\x12\x1f\n\x17rate_limiter_timeout_ms\x18\x04 \x01(\x03\x12\x11\n\tcredit_id\x18\x05 \x01(\t\x12\x17\n\x0flearner_version\x18\x06 \x01(\x03\"N\n\x0bSampleGrant\x12\x11\n\tcredit_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_batches\x18\x02 \x01(\x03\x12\x17\n\x0flearner_version\x18\x03 \x01(\x03\"\x16\n\x14GrantSamplesResponse\"\xf5\x01\n\x0bSampleBatch\x12\r\n\x05table\x18\x01 \x01(\t\x12(\n\rprobabilities\x18\x03 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12\x12\n\ntable_size\x18\x04 \x01(\x03\x12\x1f\n\x04rows\x18\x07 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12$\n\x06layout\x18\x08 \x01(\x0b\x32\x14.distrl.v1.RowLayout\x12\"\n\x07weights\x18\t \x01(\x0b\x32\x11.distrl.v1.TensorJ\x04\x08\x02\x10\x03J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x04keysR\x0epolicy_versionR\x06\x66ields\"p\n\x17UpdatePrioritiesRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x1f\n\x04keys\x18\x02 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12%\n\npriorities\x18\x03 \x01(\x0b\x32\x11.distrl.v1.Tensor\"+\n\x18UpdatePrioritiesResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x03\"\r\n\x0bInfoRequest\"I\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.distrl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe8\x02\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x03\x12\x0f\n\x07inserts\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x18\n\x10inserted_batches\x18\x06 \x01(\x03\x12\x19\n\x11\x64uplicate_batches\x18\x07 \x01(\x03\x12\x18\n\x10rejected_batches\x18\x08 \x01(\x03\x12\x1a\n\x12samples_per_insert\x18\t \x01(\x01\x12\x15\n\rinsert_wait_s\x18\n \x01(\x01\x12\x15\n\rsample_wait_s\x18\x0b \x01(\x01\x12\x0f\n\x07sampler\x18\x0c \x01(\t\x12\"\n\x04spec\x18\r \x03(\x0b\x32\x14.distrl.v1.FieldSpec\x12!\n\x19target_samples_per_insert\x18\x0e \x01(\x01\x12\x1a\n\x12min_size_to_sample\x18\x0f \x01(\x03\"_\n\x0cInfoResponse\x12$\n\x06tables\x18\x01 \x03(\x0b\x32\x14.distrl.v1.TableInfo\x12\x17\n\x0flast_checkpoint\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\"\x13\n\x11\x43heckpointRequest\"6\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x32\xb2\x03\n\x06Replay\x12>\n\x06Insert\x12\x1a.distrl.v1.TransitionBatch\x1a\x14.distrl.v1.InsertAck(\x01\x30\x01\x12<\n\x06Sample\x12\x18.distrl.v1.SampleRequest\x1a\x16.distrl.v1.SampleBatch0\x01\x12I\n\x0cGrantSamples\x12\x16.distrl.v1.SampleGrant\x1a\x1f.distrl.v1.GrantSamplesResponse(\x01\x12[\n\x10UpdatePriorities\x12\".distrl.v1.UpdatePrioritiesRequest\x1a#.distrl.v1.UpdatePrioritiesResponse\x12\x37\n\x04Info\x12\x16.distrl.v1.InfoRequest\x1a\x17.distrl.v1.InfoResponse\x12I\n\nCheckpoint\x12\x1c.distrl.v1.CheckpointRequest\x1a\x1d.distrl.v1.CheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64istrl/v1/replay.proto\x12\tdistrl.v1\x1a\x16\x64istrl/v1/tensor.proto\"\xb2\x02\n\x0fTransitionBatch\x12\r\n\x05table\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x36\n\x06\x66ields\x18\x05 \x03(\x0b\x32&.distrl.v1.TransitionBatch.FieldsEntry\x12\x1f\n\x04rows\x18\x06 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12$\n\x06layout\x18\x07 \x01(\x0b\x32\x14.distrl.v1.RowLayout\x12\x13\n\x0bincarnation\x18\x08 \x01(\x0c\x1a@\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.distrl.v1.Tensor:\x02\x38\x01\"E\n\tRowLayout\x12\x11\n\trow_bytes\x18\x01 \x01(\x03\x12%\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x14.distrl.v1.RowColumn\"Y\n\tRowColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.distrl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x03\"t\n\tInsertAck\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x0e\n\x06stored\x18\x03 \x01(\x08\x12\x12\n\ntable_size\x18\x04 \x01(\x03\x12\x0f\n\x07\x62\x61tches\x18\x05 \x01(\r\x12\x0e\n\x06resent\x18\x06 \x03(\x04\"\x94\x01\n\rSampleRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\x05\x12\x13\n\x0bnum_batches\x18\x03 \x01(\x03\x12\x1f\n\x17rate_limiter_timeout_ms\x18\x04 \x01(\x03\x12\x11\n\tcredit_id\x18\x05 \x01(\t\x12\x17\n\x0flearner_version\x18\x06 \x01(\x03\"N\n\x0bSampleGrant\x12\x11\n\tcredit_id\x18\x01 \x01(\t\x12\x13\n\x0bnum_batches\x18\x02 \x01(\x03\x12\x17\n\x0flearner_version\x18\x03 \x01(\x03\"\x16\n\x14GrantSamplesResponse\"\xf5\x01\n\x0bSampleBatch\x12\r\n\x05table\x18\x01 \x01(\t\x12(\n\rprobabilities\x18\x03 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12\x12\n\ntable_size\x18\x04 \x01(\x03\x12\x1f\n\x04rows\x18\x07 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12$\n\x06layout\x18\x08 \x01(\x0b\x32\x14.distrl.v1.RowLayout\x12\"\n\x07weights\x18\t \x01(\x0b\x32\x11.distrl.v1.TensorJ\x04\x08\x02\x10\x03J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x04keysR\x0epolicy_versionR\x06\x66ields\"p\n\x17UpdatePrioritiesRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x1f\n\x04keys\x18\x02 \x01(\x0b\x32\x11.distrl.v1.Tensor\x12%\n\npriorities\x18\x03 \x01(\x0b\x32\x11.distrl.v1.Tensor\"+\n\x18UpdatePrioritiesResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x03\"\r\n\x0bInfoRequest\"I\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.distrl.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe8\x02\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x03\x12\x0f\n\x07inserts\x18\x04 \x01(\x03\x12\x0f\n\x07samples\x18\x05 \x01(\x03\x12\x18\n\x10inserted_batches\x18\x06 \x01(\x03\x12\x19\n\x11\x64uplicate_batches\x18\x07 \x01(\x03\x12\x18\n\x10rejected_batches\x18\x08 \x01(\x03\x12\x1a\n\x12samples_per_insert\x18\t \x01(\x01\x12\x15\n\rinsert_wait_s\x18\n \x01(\x01\x12\x15\n\rsample_wait_s\x18\x0b \x01(\x01\x12\x0f\n\x07sampler\x18\x0c \x01(\t\x12\"\n\x04spec\x18\r \x03(\x0b\x32\x14.distrl.v1.FieldSpec\x12!\n\x19target_samples_per_insert\x18\x0e \x01(\x01\x12\x1a\n\x12min_size_to_sample\x18\x0f \x01(\x03\"_\n\x0cInfoResponse\x12$\n\x06tables\x18\x01 \x03(\x0b\x32\x14.distrl.v1.TableInfo\x12\x17\n\x0flast_checkpoint\x18\x02 \x01(\t\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\"\x13\n\x11\x43heckpointRequest\"6\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nduration_s\x18\x02 \x01(\x01\x32\xb2\x03\n\x06Replay\x12>\n\x06Insert\x12\x1a.distrl.v1.TransitionBatch\x1a\x14.distrl.v1.InsertAck(\x01\x30\x01\x12<\n\x06Sample\x12\x18.distrl.v1.SampleRequest\x1a\x16.distrl.v1.SampleBatch0\x01\x12I\n\x0cGrantSamples\x12\x16.distrl.v1.SampleGrant\x1a\x1f.distrl.v1.GrantSamplesResponse(\x01\x12[\n\x10UpdatePriorities\x12\".distrl.v1.UpdatePrioritiesRequest\x1a#.distrl.v1.UpdatePrioritiesResponse\x12\x37\n\x04Info\x12\x16.distrl.v1.InfoRequest\x1a\x17.distrl.v1.InfoResponse\x12I\n\nCheckpoint\x12\x1c.distrl.v1.CheckpointRequest\x1a\x1d.distrl.v1.CheckpointResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,31 +44,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROWCOLUMN']._serialized_start=441
   _globals['_ROWCOLUMN']._serialized_end=530
   _globals['_INSERTACK']._serialized_start=532
-  _globals['_INSERTACK']._serialized_end=615
-  _globals['_SAMPLEREQUEST']._serialized_start=618
-  _globals['_SAMPLEREQUEST']._serialized_end=766
-  _globals['_SAMPLEGRANT']._serialized_start=768
-  _globals['_SAMPLEGRANT']._serialized_end=846
-  _globals['_GRANTSAMPLESRESPONSE']._serialized_start=848
-  _globals['_GRANTSAMPLESRESPONSE']._serialized_end=870
-  _globals['_SAMPLEBATCH']._serialized_start=873
-  _globals['_SAMPLEBATCH']._serialized_end=1118
-  _globals['_UPDATEPRIORITIESREQUEST']._serialized_start=1120
-  _globals['_UPDATEPRIORITIESREQUEST']._serialized_end=1232
-  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_start=1234
-  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_end=1277
-  _globals['_INFOREQUEST']._serialized_start=1279
-  _globals['_INFOREQUEST']._serialized_end=1292
-  _globals['_FIELDSPEC']._serialized_start=1294
-  _globals['_FIELDSPEC']._serialized_end=1367
-  _globals['_TABLEINFO']._serialized_start=1370
-  _globals['_TABLEINFO']._serialized_end=1730
-  _globals['_INFORESPONSE']._serialized_start=1732
-  _globals['_INFORESPONSE']._serialized_end=1827
-  _globals['_CHECKPOINTREQUEST']._serialized_start=1829
-  _globals['_CHECKPOINTREQUEST']._serialized_end=1848
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=1850
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=1904
-  _globals['_REPLAY']._serialized_start=1907
-  _globals['_REPLAY']._serialized_end=2341
+  _globals['_INSERTACK']._serialized_end=648
+  _globals['_SAMPLEREQUEST']._serialized_start=651
+  _globals['_SAMPLEREQUEST']._serialized_end=799
+  _globals['_SAMPLEGRANT']._serialized_start=801
+  _globals['_SAMPLEGRANT']._serialized_end=879
+  _globals['_GRANTSAMPLESRESPONSE']._serialized_start=881
+  _globals['_GRANTSAMPLESRESPONSE']._serialized_end=903
+  _globals['_SAMPLEBATCH']._serialized_start=906
+  _globals['_SAMPLEBATCH']._serialized_end=1151
+  _globals['_UPDATEPRIORITIESREQUEST']._serialized_start=1153
+  _globals['_UPDATEPRIORITIESREQUEST']._serialized_end=1265
+  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_start=1267
+  _globals['_UPDATEPRIORITIESRESPONSE']._serialized_end=1310
+  _globals['_INFOREQUEST']._serialized_start=1312
+  _globals['_INFOREQUEST']._serialized_end=1325
+  _globals['_FIELDSPEC']._serialized_start=1327
+  _globals['_FIELDSPEC']._serialized_end=1400
+  _globals['_TABLEINFO']._serialized_start=1403
+  _globals['_TABLEINFO']._serialized_end=1763
+  _globals['_INFORESPONSE']._serialized_start=1765
+  _globals['_INFORESPONSE']._serialized_end=1860
+  _globals['_CHECKPOINTREQUEST']._serialized_start=1862
+  _globals['_CHECKPOINTREQUEST']._serialized_end=1881
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=1883
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=1937
+  _globals['_REPLAY']._serialized_start=1940
+  _globals['_REPLAY']._serialized_end=2374
 # @@protoc_insertion_point(module_scope)

@@ -56,16 +56,20 @@ class RowColumn(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class InsertAck(_message.Message):
-    __slots__ = ("actor_id", "sequence", "stored", "table_size")
+    __slots__ = ("actor_id", "sequence", "stored", "table_size", "batches", "resent")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    RESENT_FIELD_NUMBER: _ClassVar[int]
     actor_id: str
     sequence: int
     stored: bool
     table_size: int
-    def __init__(self, actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., stored: _Optional[bool] = ..., table_size: _Optional[int] = ...) -> None: ...
+    batches: int
+    resent: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, actor_id: _Optional[str] = ..., sequence: _Optional[int] = ..., stored: _Optional[bool] = ..., table_size: _Optional[int] = ..., batches: _Optional[int] = ..., resent: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("table", "batch_size", "num_batches", "rate_limiter_timeout_ms", "credit_id", "learner_version")

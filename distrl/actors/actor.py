@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from distrl.actors.identity import ActorIdentity, env_seed
+from distrl.actors.param_loading import ParamLoader
 from distrl.actors.rollout import Rollout, TransitionBuffer
 from distrl.algos import POLICY_PARAMS, Policy, make_policy
 from distrl.config import ExperimentConfig
@@ -59,7 +60,8 @@ class Actor:
         self.policy: Policy = make_policy(config.algo.name, space, config.algo.params())
         self.rollout = Rollout(envs, self.policy, self.fields, seed=seed)
         self.policy_version = 0
-        self.param_versions: dict[str, int] = {}
+        self._params = ParamLoader(self.policy, self.actor_id)
+        self.param_versions = self._params.loaded  # set name -> version loaded
         self.learner_updates = 0
         self.steps = 0
         # Warm-up is shared: each actor takes its slice of the run's random steps.
@@ -123,6 +125,7 @@ class Actor:
                         {
                             "steps_per_s": window_steps / (now - window_start),
                             "policy_version": self.policy_version,
+                            "params_refused": self._params.refusals,
                         },
                         env_steps=self.steps,
                     )
@@ -170,27 +173,31 @@ class Actor:
         for name in required:
             while not stop.is_set():
                 try:
-                    latest = subscriptions[name].wait_for_version(1, timeout=0.5)
+                    latest = subscriptions[name].wait_for_version(
+                        self._params.refused.get(name, 0) + 1, timeout=0.5
+                    )
                 except TimeoutError:
                     continue
-                self._load(name, latest)
-                break
+                if self._load(name, latest):
+                    break
 
     def _maybe_swap(self, subscriptions: dict, writer, stop: threading.Event, episode_ended: bool) -> None:
         if self.config.actors.weight_sync == "episode" and not episode_ended:
             return
         for name, subscription in subscriptions.items():
             latest = subscription.latest()
-            if latest is None or latest.version <= self.param_versions.get(name, 0):
+            if not self._params.is_new(name, latest):
                 continue
             # Transitions already buffered were made by the old parameters: send them under their tag.
             if len(self._buffer):
                 self._send(writer, stop)
             self._load(name, latest)
 
-    def _load(self, name: str, latest) -> None:
-        self.policy.load_params(name, latest.tensors)
-        self.param_versions[name] = latest.version
+    def _load(self, name: str, latest) -> bool:
+        """Load a set's new version; False where the policy refused it (the old one is kept)."""
+        if not self._params.load(name, latest):
+            return False
         if name == POLICY_PARAMS:
             self.policy_version = latest.version
             self.learner_updates = updates_of(latest.metadata, latest.version)
+        return True

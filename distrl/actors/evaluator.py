@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from distrl.actors.actor import ActorAddresses
+from distrl.actors.param_loading import ParamLoader
 from distrl.actors.rollout import Rollout
 from distrl.actors.video import EvalVideoRecorder
 from distrl.algos import POLICY_PARAMS, Policy, make_policy
@@ -118,7 +119,7 @@ class Evaluator:
         params = ParamsClient(self.addresses.params, security=sec)
         subscriptions = {name: params.subscribe(param_set=name) for name in self.policy.param_sets}
         subscription = subscriptions[POLICY_PARAMS]
-        loaded: dict[str, int] = {}
+        loader = ParamLoader(self.policy, "evaluator")
         # A behaviour-cloned policy is worth a look before RL changes it: evaluate the first policy
         # seen, which is the pretrained one (update 0) unless the evaluator started after RL did.
         next_at = 0 if self.config.pretrain.bc_steps else every
@@ -129,7 +130,7 @@ class Evaluator:
                 if latest is None or updates < next_at:
                     stop.wait(0.5)
                     continue
-                if not self._load_sets(subscriptions, loaded):
+                if not self._load_sets(subscriptions, loader):
                     stop.wait(0.5)  # a set the policy needs has not arrived yet
                     continue
                 seed = self.config.seed + EVAL_SEED_OFFSET + self.evaluations * 1_000
@@ -145,11 +146,13 @@ class Evaluator:
             params.close()
             reporter.close(timeout=2.0)
 
-    def _load_sets(self, subscriptions: dict, loaded: dict[str, int]) -> bool:
-        """Load each set's newest version; False while a set the policy requires is still missing."""
+    def _load_sets(self, subscriptions: dict, loader: ParamLoader) -> bool:
+        """Load each set's newest version; False while a set the policy requires is still missing,
+        or while the newest policy version is one the policy refused (no evaluation would be of it)."""
         for name, sub in subscriptions.items():
             latest = sub.latest()
-            if latest is not None and latest.version > loaded.get(name, 0):
-                self.policy.load_params(name, latest.tensors)
-                loaded[name] = latest.version
-        return all(name in loaded for name in (*self.policy.required_params, POLICY_PARAMS))
+            if loader.is_new(name, latest):
+                loader.load(name, latest)
+        newest_refused = loader.refused.get(POLICY_PARAMS, 0) > loader.loaded.get(POLICY_PARAMS, 0)
+        required = (*self.policy.required_params, POLICY_PARAMS)
+        return not newest_refused and all(name in loader.loaded for name in required)

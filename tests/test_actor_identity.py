@@ -256,7 +256,7 @@ def test_deduplication_state_stays_bounded_under_churn():
     for incarnation in lives:
         sequences.record("actor-1", incarnation, 4)
     assert len(sequences) == 4 and sequences.forgotten == 2
-    # The least recently stored incarnations are forgotten; writers without one never are.
+    # The least recently stored incarnations are forgotten; writers without one have their own bound.
     assert [e.incarnation for e in sequences.incarnations()] == lives[2:]
     assert sequences.is_resend("demos", b"", 9) and sequences.is_resend("actor-1", lives[4], 4)
     assert not sequences.is_resend("actor-1", lives[0], 4)
@@ -265,6 +265,22 @@ def test_deduplication_state_stays_bounded_under_churn():
     sequences.record("actor-2", new_incarnation(), 0)
     assert lives[2] in {e.incarnation for e in sequences.incarnations()}
     assert lives[3] not in {e.incarnation for e in sequences.incarnations()}
+
+
+def test_writers_without_an_incarnation_are_bounded_too_and_survive_a_checkpoint():
+    """A client naming a new actor_id on every batch, with no incarnation, cannot grow the state."""
+    sequences = WriterSequences(max_writers=4, max_stable=3)
+    sequences.record("demos", b"", 9)
+    for i in range(10):
+        sequences.record(f"junk-{i}", b"", i)
+        sequences.record("demos", b"", 9)  # the demo inserter keeps writing, so it stays
+    assert len(sequences.stable()) == 3 and sequences.forgotten == 8
+    assert list(sequences.stable()) == ["junk-8", "junk-9", "demos"]
+    assert sequences.is_resend("demos", b"", 9) and not sequences.is_resend("junk-0", b"", 0)
+    restored = WriterSequences.restore(sequences.stable(), sequences.incarnations(), 4, 3)
+    assert restored.stable() == sequences.stable()
+    restored.record("junk-10", b"", 0)  # the least recently stored goes first after a restore too
+    assert list(restored.stable()) == ["junk-9", "demos", "junk-10"]
 
 
 def test_a_restored_table_still_recognises_each_incarnations_resends(tmp_path):

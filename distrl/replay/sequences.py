@@ -7,7 +7,8 @@ for a resend of one from the same writer. Incarnation writers are forgotten leas
 recently used first beyond `max_writers` (every actor restart is a new one), so the
 state stays bounded under pod churn. Writers without an incarnation keep their id
 across restarts on purpose (the learner's demo inserter resends from sequence 0 after
-a restart); they are named by the application, few, and kept for the table's life.
+a restart); they are named by the application and few, but a client can name any
+number, so they too are forgotten least recently used first, beyond `max_stable`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 # that has not inserted while this many others did is forgotten (a resend of its would then
 # be stored twice, never dropped).
 MAX_WRITERS = 8192
+# Writers without an incarnation (a learner's demo inserter, clients that predate incarnations).
+MAX_STABLE_WRITERS = 1024
 MAX_INCARNATION_BYTES = 32
 
 
@@ -34,12 +37,13 @@ class IncarnationSequence:
 class WriterSequences:
     """The last stored sequence per writer; a batch at or below it is a resend."""
 
-    def __init__(self, max_writers: int = MAX_WRITERS) -> None:
-        if max_writers < 1:
-            raise ValueError(f"max_writers must be >= 1, got {max_writers}")
+    def __init__(self, max_writers: int = MAX_WRITERS, max_stable: int = MAX_STABLE_WRITERS) -> None:
+        if max_writers < 1 or max_stable < 1:
+            raise ValueError(f"max_writers and max_stable must be >= 1, got {max_writers}, {max_stable}")
         self.max_writers = max_writers
+        self.max_stable = max_stable
         self.forgotten = 0
-        self._stable: dict[str, int] = {}
+        self._stable: OrderedDict[str, int] = OrderedDict()
         # Least recently stored first, so forgetting is popping the front.
         self._incarnations: OrderedDict[tuple[str, bytes], int] = OrderedDict()
 
@@ -53,19 +57,21 @@ class WriterSequences:
     def record(self, actor_id: str, incarnation: bytes, sequence: int) -> None:
         """`sequence` was stored (so it is the writer's newest)."""
         if not incarnation:
-            self._stable[actor_id] = sequence
-            return
-        key = (actor_id, incarnation)
-        self._incarnations[key] = sequence
-        self._incarnations.move_to_end(key)
-        while len(self._incarnations) > self.max_writers:
-            self._incarnations.popitem(last=False)
+            self._remember(self._stable, actor_id, sequence, self.max_stable)
+        else:
+            self._remember(self._incarnations, (actor_id, incarnation), sequence, self.max_writers)
+
+    def _remember(self, writers: OrderedDict, key, sequence: int, limit: int) -> None:
+        writers[key] = sequence
+        writers.move_to_end(key)
+        while len(writers) > limit:
+            writers.popitem(last=False)
             self.forgotten += 1
 
     # -- checkpointing ----------------------------------------------------------------
 
     def stable(self) -> dict[str, int]:
-        """Writers without an incarnation: actor_id -> last sequence."""
+        """Writers without an incarnation: actor_id -> last sequence, least recently stored first."""
         return dict(self._stable)
 
     def incarnations(self) -> list[IncarnationSequence]:
@@ -78,9 +84,11 @@ class WriterSequences:
         stable: dict[str, int],
         incarnations: list[IncarnationSequence],
         max_writers: int = MAX_WRITERS,
+        max_stable: int = MAX_STABLE_WRITERS,
     ) -> WriterSequences:
-        sequences = cls(max_writers)
-        sequences._stable = {k: int(v) for k, v in stable.items()}
+        sequences = cls(max_writers, max_stable)
+        for actor_id, sequence in stable.items():
+            sequences.record(actor_id, b"", int(sequence))
         for entry in incarnations:
             sequences.record(entry.actor_id, entry.incarnation, int(entry.sequence))
         return sequences

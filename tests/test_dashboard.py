@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from distrl.telemetry.dashboard import Dashboard, _parse_range
-from distrl.telemetry.dashboard_runs import FileRun, RowHistory, list_videos, unique_names
+from distrl.telemetry.dashboard_runs import EventLog, FileRun, RowHistory, list_videos, unique_names
 from tests.run_helpers import ROOT
 
 
@@ -194,3 +194,19 @@ def test_dashboard_cli_serves_run_dirs_and_rejects_missing_ones(tmp_path, run_di
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_the_event_log_follows_events_jsonl_by_offset(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(tmp_path, limit=3)
+    assert log.read() == []  # no file yet
+    path.write_text('{"time": 1, "message": "a"}\nnot json\n{"time": 2, "message": "b"}\n{"time": 3, "mes')
+    assert [e["message"] for e in log.read()] == ["a", "b"]  # the unfinished line waits
+    with path.open("a") as f:
+        f.write('sage": "c"}\n{"time": 4, "message": "d"}\n{"time": 5}\n')
+    assert [e["message"] for e in log.read()] == ["b", "c", "d"]  # newest 3; no message: skipped
+    offset = log._offset
+    assert log.read() and log._offset == offset  # nothing new: nothing read
+    path.write_text('{"time": 9, "message": "fresh"}\n')  # a fresh run in the same directory
+    assert [e["message"] for e in log.read()] == ["fresh"]
+    assert EventLog(None).read() == []

@@ -3,7 +3,7 @@
 A `LiveRun` is fed by the coordinator it lives in (`write(row)` per window, its
 `snapshot()` straight from the aggregate). A `FileRun` follows another run's
 directory: it tails `metrics.jsonl` (finished or still growing), and reads
-`progress.json`, `events.jsonl` and `videos/` when asked. Both keep their rows in
+`progress.json` and `videos/` when asked and `events.jsonl` by offset. Both keep their rows in
 a `RowHistory`, whose memory is bounded however long the run is.
 """
 
@@ -140,24 +140,47 @@ def video_path(run_dir: Path | None, name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def read_events(run_dir: Path | None, limit: int = MAX_EVENTS) -> list[dict[str, Any]]:
-    """The newest `limit` events of `RUN_DIR/events.jsonl` (restarts, scaling, notes)."""
-    if run_dir is None:
-        return []
-    path = run_dir / EVENTS_FILE
-    events: deque[dict[str, Any]] = deque(maxlen=limit)
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and isinstance(event.get("message"), str):
-                    events.append(event)
-    except OSError:
-        return []
-    return list(events)
+class EventLog:
+    """The newest `limit` events of `RUN_DIR/events.jsonl` (restarts, scaling, notes), followed
+    by offset: each call reads only what the file gained, so a snapshot every 2 s of a long run
+    costs the new lines, not the whole file again."""
+
+    def __init__(self, run_dir: Path | None, limit: int = MAX_EVENTS) -> None:
+        self.path = run_dir / EVENTS_FILE if run_dir is not None else None
+        self._events: deque[dict[str, Any]] = deque(maxlen=limit)
+        self._offset = 0
+        self._partial = b""
+        self._lock = threading.Lock()
+
+    def read(self) -> list[dict[str, Any]]:
+        if self.path is None:
+            return []
+        with self._lock:
+            try:
+                size = self.path.stat().st_size
+                if size < self._offset:  # replaced (a fresh run in the same directory): start over
+                    self._events.clear()
+                    self._offset, self._partial = 0, b""
+                if size > self._offset:
+                    with self.path.open("rb") as f:
+                        f.seek(self._offset)
+                        data = f.read(size - self._offset)
+                    self._offset += len(data)
+                    lines = (self._partial + data).split(b"\n")
+                    self._partial = lines.pop()  # an unfinished last line waits for its end
+                    for line in lines:
+                        self._add(line)
+            except OSError:
+                pass
+            return list(self._events)
+
+    def _add(self, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(event, dict) and isinstance(event.get("message"), str):
+            self._events.append(event)
 
 
 class DashboardRun:
@@ -168,12 +191,13 @@ class DashboardRun:
         self.name = name
         self.run_dir = run_dir
         self.history = history
+        self._events = EventLog(run_dir)
 
     def snapshot(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def events(self) -> list[dict[str, Any]]:
-        return read_events(self.run_dir)
+        return self._events.read()
 
     def videos(self) -> list[Video]:
         return list_videos(self.run_dir)

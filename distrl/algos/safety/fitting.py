@@ -44,19 +44,26 @@ class TransitionReservoir:
         }
 
     def add(self, items: dict[str, np.ndarray]) -> None:
+        """Offer `items` in order: Algorithm R, vectorised (item i of the batch, the t-th offered,
+        replaces a uniform slot in [0, t] when that slot is below capacity; a later item wins a
+        slot drawn twice, as in the sequential algorithm)."""
         n = len(items["cost"])
-        for i in range(n):
-            if self.size < self.capacity:
-                slot = self.size
-                self.size += 1
-            else:
-                slot = int(self._rng.integers(0, self.seen + 1))
-                if slot >= self.capacity:
-                    self.seen += 1
-                    continue
-            for name, column in self.columns.items():
-                column[slot] = items[name][i]
-            self.seen += 1
+        if n == 0:
+            return
+        fill = min(n, self.capacity - self.size)
+        slots = np.empty(n, np.int64)
+        slots[:fill] = np.arange(self.size, self.size + fill)
+        if n > fill:
+            offered = self.seen + np.arange(fill, n)  # items offered before each later one
+            slots[fill:] = self._rng.integers(0, offered + 1)
+        kept = np.flatnonzero(slots < self.capacity)
+        # The last item per slot: unique over the reversed order finds each slot's last writer.
+        unique_slots, first_reversed = np.unique(slots[kept][::-1], return_index=True)
+        writers = kept[::-1][first_reversed]
+        for name, column in self.columns.items():
+            column[unique_slots] = np.asarray(items[name])[writers]
+        self.size += fill
+        self.seen += n
 
     def data(self) -> dict[str, np.ndarray]:
         return {name: column[: self.size] for name, column in self.columns.items()}

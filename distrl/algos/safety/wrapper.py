@@ -165,6 +165,9 @@ class ShieldedPolicy:
         return out
 
 
+PENDING_UPDATES = 32
+
+
 class ShieldedLearner:
     """The wrapped learner's updates, plus the shield's data, fits and parameter set."""
 
@@ -173,12 +176,30 @@ class ShieldedLearner:
         self.space = space
         self.config = config
         self.horizon = horizon_of(space, config)
-        self.reservoir = TransitionReservoir(space.obs_dim, space.action_dim, config.buffer_size, config.seed)
+        self._reservoir = TransitionReservoir(
+            space.obs_dim, space.action_dim, config.buffer_size, config.seed
+        )
+        # Items kept from recent updates, still on the learner's device: they reach the reservoir
+        # every PENDING_UPDATES updates in one host copy, not one copy (a CUDA sync) per update.
+        self._pending: list[dict[str, torch.Tensor]] = []
         self.dims = state_dims(space, config)
         self.shield = Shield.unfitted(len(self.dims), space.action_dim)
         self.updates = 0
         self.fits = 0
         self.last_fit: dict[str, float] = {}
+
+    @property
+    def reservoir(self) -> TransitionReservoir:
+        """The shield's sample of the transitions trained on, up to the latest update."""
+        self._flush_pending()
+        return self._reservoir
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._reservoir.add(
+                {name: torch.cat([p[name] for p in pending]).cpu().numpy() for name in RESERVOIR_FIELDS}
+            )
 
     # -- the inner learner's face
     @property
@@ -213,7 +234,10 @@ class ShieldedLearner:
             learned = {**learned, "reward": batch["reward"] - penalty}
         metrics = self.inner.update(learned, demo_batch)
         keep = min(self.config.items_per_update, len(batch["reward"]))
-        self.reservoir.add({name: batch[name][:keep].detach().cpu().numpy() for name in RESERVOIR_FIELDS})
+        # A copy, since a slice would keep the whole batch alive until the next flush.
+        self._pending.append({name: batch[name][:keep].detach().clone() for name in RESERVOIR_FIELDS})
+        if len(self._pending) >= PENDING_UPDATES:
+            self._flush_pending()
         self.updates += 1
         if self.updates % self.config.fit_every == 0 and self.reservoir.size >= self.config.min_transitions:
             self.refit()

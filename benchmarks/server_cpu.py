@@ -13,10 +13,12 @@ unacked batches allows, so a slower ack shows there).
 
     git worktree add /tmp/base <older commit>
     python benchmarks/server_cpu.py [--quick] [--json out.json] [--rounds 9] [--baseline-checkout /tmp/base]
+    python benchmarks/server_cpu.py --pool run1.json run2.json run3.json --json pooled.json
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,12 +108,80 @@ def measure_sample(client: ReplayClient, pid: int, seconds: float) -> float:
     return (cpu_s(pid) - before) / batches * 1e6
 
 
+def results_of(
+    insert: dict[str, list[float]], sample: dict[str, list[float]], insert_rate: dict[str, list[float]]
+) -> list[Result]:
+    """The medians over the rounds, each server beside its peers."""
+    med = {
+        kind: {n: float(np.median(v)) for n, v in d.items()}
+        for kind, d in (("insert", insert), ("sample", sample), ("insert_rate", insert_rate))
+    }
+    results = []
+    for kind in ("insert", "sample"):
+        unit = f"server CPU µs per {kind} batch"
+        m = med[kind]
+        results.append(
+            Result(f"{kind}/default_us", m["default"], unit, "acks at once", m["acks_at_once"], True)
+        )
+        results.append(
+            Result(f"{kind}/uvloop_vs_asyncio_us", m["default"], unit, "asyncio loop", m["asyncio"], True)
+        )
+        if "baseline" in m:
+            results.append(
+                Result(
+                    f"{kind}/default_vs_baseline_us",
+                    m["default"],
+                    unit,
+                    "baseline checkout",
+                    m["baseline"],
+                    True,
+                )
+            )
+    unit = "insert batches/s (2 writers)"
+    rate = med["insert_rate"]
+    results.append(
+        Result("insert/default_batches_per_s", rate["default"], unit, "acks at once", rate["acks_at_once"])
+    )
+    if "baseline" in rate:
+        results.append(
+            Result(
+                "insert/default_vs_baseline_batches_per_s",
+                rate["default"],
+                unit,
+                "baseline checkout",
+                rate["baseline"],
+            )
+        )
+    return results
+
+
+def pooled(paths: list[Path]) -> tuple[dict, list[Result]]:
+    """The rounds of earlier runs' JSON files taken together (no new measurement)."""
+    keys = ("insert_us_rounds", "sample_us_rounds", "insert_batches_per_s_rounds")
+    rounds: dict[str, dict[str, list[float]]] = {key: {} for key in keys}
+    for path in paths:
+        config = json.loads(path.read_text())["config"]
+        for key in keys:
+            for name, values in config[key].items():
+                rounds[key].setdefault(name, []).extend(values)
+    config = {"pooled_from": [str(p) for p in paths], "rounds": len(rounds[keys[0]]["default"]), **rounds}
+    return config, results_of(*(rounds[key] for key in keys))
+
+
 def main() -> None:
     p = parser(__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
     p.add_argument("--baseline-checkout", type=Path, help="a checkout whose server is the baseline")
+    p.add_argument(
+        "--pool", type=Path, nargs="+", help="pool the rounds of these earlier --json results instead"
+    )
     args = p.parse_args()
+    if args.pool:
+        config, results = pooled(args.pool)
+        print_table(results, f"replay shard CPU per message, medians of {config['rounds']} pooled rounds")
+        write_json(args.json, "server_cpu", config, results)
+        return
     rounds, seconds = (2, 1.0) if args.quick else (args.rounds, args.seconds)
     servers = {
         "default": start_shard(ROOT, "uvloop"),
@@ -145,46 +215,7 @@ def main() -> None:
             client.close()
         for proc, _ in servers.values():
             proc.kill()
-    med = {
-        kind: {n: float(np.median(v)) for n, v in d.items()}
-        for kind, d in (("insert", insert), ("sample", sample), ("insert_rate", insert_rate))
-    }
-    results = []
-    for kind in ("insert", "sample"):
-        unit = f"server CPU µs per {kind} batch"
-        m = med[kind]
-        results.append(
-            Result(f"{kind}/default_us", m["default"], unit, "acks at once", m["acks_at_once"], True)
-        )
-        results.append(
-            Result(f"{kind}/uvloop_vs_asyncio_us", m["default"], unit, "asyncio loop", m["asyncio"], True)
-        )
-        if "baseline" in servers:
-            results.append(
-                Result(
-                    f"{kind}/default_vs_baseline_us",
-                    m["default"],
-                    unit,
-                    "baseline checkout",
-                    m["baseline"],
-                    True,
-                )
-            )
-    unit = "insert batches/s (2 writers)"
-    rate = med["insert_rate"]
-    results.append(
-        Result("insert/default_batches_per_s", rate["default"], unit, "acks at once", rate["acks_at_once"])
-    )
-    if "baseline" in servers:
-        results.append(
-            Result(
-                "insert/default_vs_baseline_batches_per_s",
-                rate["default"],
-                unit,
-                "baseline checkout",
-                rate["baseline"],
-            )
-        )
+    results = results_of(insert, sample, insert_rate)
     print_table(results, f"replay shard CPU per message, medians of {rounds} rounds")
     config = {
         "rounds": rounds,

@@ -53,3 +53,27 @@ def test_side_by_side_gives_both_systems_as_many_cpus():
     assert learning_curve.split_cpus({0, 1, 2, 3, 5}) == ({0, 1}, {2, 3})
     with pytest.raises(SystemExit, match="at least 2 CPUs"):
         learning_curve.split_cpus({3})
+
+
+def test_server_cpu_pools_the_rounds_of_earlier_runs(tmp_path: Path):
+    import server_cpu
+
+    def run(path: Path, default: list[float], baseline: list[float]) -> Path:
+        others = {"acks_at_once": [300.0] * len(default), "asyncio": [250.0] * len(default)}
+        rounds = {"default": default, **others, "baseline": baseline}
+        config = {
+            "insert_us_rounds": rounds,
+            "sample_us_rounds": rounds,
+            "insert_batches_per_s_rounds": rounds,
+        }
+        path.write_text(json.dumps({"config": config}))
+        return path
+
+    a = run(tmp_path / "a.json", [100.0, 300.0], [200.0, 200.0])
+    b = run(tmp_path / "b.json", [150.0], [210.0])
+    config, results = server_cpu.pooled([a, b])
+    assert config["rounds"] == 3 and config["insert_us_rounds"]["default"] == [100.0, 300.0, 150.0]
+    by_name = {r.name: r for r in results}
+    row = by_name["insert/default_vs_baseline_us"]
+    assert (row.value, row.baseline_value) == (150.0, 200.0) and row.ratio == pytest.approx(200 / 150)
+    assert by_name["insert/default_us"].baseline_value == 300.0

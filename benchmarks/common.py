@@ -158,13 +158,17 @@ def start_train(
     return run
 
 
-def start_serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """`distrl serve ARGS --port 0` in a subprocess (stderr dropped); returns it and its address."""
+def start_serve(
+    args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`distrl serve ARGS --port 0` in a subprocess (stderr dropped, run in `cwd`); returns it and its
+    address."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "distrl.cli", "serve", *args, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
+        cwd=cwd,
         text=True,
     )
     line = proc.stdout.readline().strip()

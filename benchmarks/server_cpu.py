@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from common import Result, parser, print_table, write_json
+from common import Result, parser, print_table, start_serve, write_json
 from replay_throughput import transitions
 
 from distrl.replay.client import ReplayClient
@@ -44,30 +43,7 @@ def start_shard(checkout: Path, loop: str, *args: str) -> tuple[subprocess.Popen
         "GRPC_VERBOSITY": "ERROR",
         "DISTRL_SERVER_LOOP": loop,
     }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distrl.cli",
-            "serve",
-            "replay",
-            "--port",
-            "0",
-            "--capacity",
-            "2000000",
-            *args,
-        ],
-        cwd=checkout,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"the shard from {checkout} did not start: {line!r}")
-    return proc, line.removeprefix("listening on ")
+    return start_serve(["replay", "--capacity", "2000000", *args], env, cwd=checkout)
 
 
 def cpu_s(pid: int) -> float:

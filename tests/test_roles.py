@@ -67,20 +67,27 @@ def servers(tmp_path_factory) -> Iterator[dict[str, str]]:
     shard.close(final_checkpoint=False)
 
 
-def _call(address: str, service: str, method, token: str | None) -> grpc.StatusCode:
-    """Call `method` with an empty request (or stream) and return the status it ends with."""
-    channel = open_channel(address, SecurityConfig(token=token))
-    path = f"/distrl.v1.{service}/{method.name}"
-    message = _message_class(method.input_type)()
+def _rpc(channel: grpc.Channel, service: str, method, request_serializer):
+    """A callable for `method` of `service` on `channel`, of the method's streaming kind; replies
+    are left as bytes."""
     kinds = {
         (False, False): channel.unary_unary,
         (False, True): channel.unary_stream,
         (True, False): channel.stream_unary,
         (True, True): channel.stream_stream,
     }
-    rpc = kinds[(method.client_streaming, method.server_streaming)](
-        path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None
+    return kinds[(method.client_streaming, method.server_streaming)](
+        f"/distrl.v1.{service}/{method.name}",
+        request_serializer=request_serializer,
+        response_deserializer=None,
     )
+
+
+def _call(address: str, service: str, method, token: str | None) -> grpc.StatusCode:
+    """Call `method` with an empty request (or stream) and return the status it ends with."""
+    channel = open_channel(address, SecurityConfig(token=token))
+    message = _message_class(method.input_type)()
+    rpc = _rpc(channel, service, method, request_serializer=lambda m: m.SerializeToString())
     request = iter([]) if method.client_streaming else message
     try:
         result = rpc(request, timeout=1.0)
@@ -135,16 +142,7 @@ def test_bytes_that_do_not_parse_are_refused_by_name_on_every_call(servers):
     channel_for = {s: open_channel(a, SecurityConfig(token=TOKENS["admin"])) for s, a in servers.items()}
     try:
         for service, method in _methods():
-            channel = channel_for[service]
-            kinds = {
-                (False, False): channel.unary_unary,
-                (False, True): channel.unary_stream,
-                (True, False): channel.stream_unary,
-                (True, True): channel.stream_stream,
-            }
-            rpc = kinds[(method.client_streaming, method.server_streaming)](
-                f"/distrl.v1.{service}/{method.name}", request_serializer=None, response_deserializer=None
-            )
+            rpc = _rpc(channel_for[service], service, method, request_serializer=None)
             with pytest.raises(grpc.RpcError) as err:
                 result = rpc(iter([garbage]) if method.client_streaming else garbage, timeout=5.0)
                 if method.server_streaming:
